@@ -1,0 +1,88 @@
+"""The `vst-vla` command: one Hydra app per stage.
+
+`vst-vla <command> [hydra overrides...]` composes `configs/<command>.yaml` and runs the stage's entry point
+with the resolved config. Each run writes under `outputs/<command>/<date>/<time>/` with the resolved config
+saved by Hydra in `.hydra/`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from dataclasses import dataclass
+
+from vst_vla.paths import config_dir
+
+
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: its entry point (`module:function` taking the composed config) and a one-line help."""
+
+    target: str
+    help: str
+
+
+# Entry points are imported lazily so `vst-vla --help` and `vst-vla info` stay fast.
+COMMANDS: dict[str, Command] = {
+    "info": Command("vst_vla.info:run", "versions, device, attention and the MuJoCo renderer that works"),
+    "demo": Command("vst_vla.demo:run", "the main job on the embedded default (tiny backbone)"),
+}
+
+
+def _usage() -> str:
+    width = max(len(name) for name in COMMANDS)
+    lines = [
+        "usage: vst-vla <command> [key=value ...] [hydra flags]",
+        "",
+        "Visual Spatial Tuning as a robotics VLA stack. Every command is a Hydra app: its config is",
+        f"configs/<command>.yaml (config dir: {config_dir()}); override with key=value, see --cfg job.",
+        "",
+        "commands:",
+    ]
+    lines += [f"  {name.ljust(width)}  {cmd.help}" for name, cmd in COMMANDS.items()]
+    lines += ["", "`vst-vla <command> --help` shows the command's config groups and options."]
+    return "\n".join(lines)
+
+
+def _resolve(target: str):
+    module_name, function_name = target.split(":")
+    return getattr(importlib.import_module(module_name), function_name)
+
+
+def run_command(name: str, argv: list[str]) -> object:
+    """Run command `name` as a Hydra app with `argv` as its overrides and flags."""
+    import hydra
+    from omegaconf import DictConfig
+
+    entry = _resolve(COMMANDS[name].target)
+    result: dict[str, object] = {}
+
+    @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=name)
+    def _app(cfg: DictConfig) -> None:
+        result["value"] = entry(cfg)
+
+    saved_argv = sys.argv
+    # Hydra reads sys.argv; it names the job after argv[0], which is how runs land in outputs/<command>/.
+    sys.argv = [name, *argv]
+    try:
+        _app()
+    finally:
+        sys.argv = saved_argv
+    return result.get("value")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in {"-h", "--help", "help"}:
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"vst-vla: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    run_command(name, rest)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""The `tiny` preset: a real Qwen2.5-VL at toy size, randomly initialised, with an offline-trained tokenizer.
+
+Nothing is downloaded: the tokenizer is a byte-level BPE trained with `tokenizers` on a built-in corpus, using
+the Qwen2 pre-tokenizer and every Qwen2.5-VL special token; the processor is the stock `Qwen2_5_VLProcessor`
+with its image and video processors; the chat template is Qwen2.5-VL's. The built checkpoint is a normal
+Hugging Face directory, cached on disk and keyed by the preset's dimensions and seed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from vst_vla.paths import cache_dir
+from vst_vla.tokenizer_corpus import tokenizer_corpus
+
+log = logging.getLogger(__name__)
+
+# The order gives the token ids right after the BPE vocabulary, as in Qwen2.5-VL's tokenizer.
+QWEN2_5_VL_SPECIAL_TOKENS = [
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>",
+    "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
+    "<|image_pad|>", "<|video_pad|>", "<tool_call>", "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>",
+    "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>",
+]
+# <tool_call> and the fim tokens are ordinary (non-special) added tokens in Qwen2.5-VL.
+_NOT_SPECIAL = {"<tool_call>", "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>",
+                "<|repo_name|>", "<|file_sep|>"}
+
+QWEN2_5_VL_CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{% endif %}<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}{{ message['content'] }}"
+    "<|im_end|>\n{% else %}{% for content in message['content'] %}{% if content['type'] == 'image' or 'image' in "
+    "content or 'image_url' in content %}{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}"
+    "Picture {{ image_count.value }}: {% endif %}<|vision_start|><|image_pad|><|vision_end|>{% elif content['type'] "
+    "== 'video' or 'video' in content %}{% set video_count.value = video_count.value + 1 %}{% if add_vision_id %}"
+    "Video {{ video_count.value }}: {% endif %}<|vision_start|><|video_pad|><|vision_end|>{% elif 'text' in content "
+    "%}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}{% if add_generation_prompt %}"
+    "<|im_start|>assistant\n{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class TinySpec:
+    """Every dimension of the tiny preset; the cache key is derived from these and the seed."""
+
+    vocab_size: int = 4096
+    hidden_size: int = 128
+    intermediate_size: int = 256
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    vision_depth: int = 2
+    vision_hidden_size: int = 64
+    vision_num_heads: int = 2
+    min_pixels: int = 3136
+    max_pixels: int = 50176
+    seed: int = 0
+
+    def cache_key(self) -> str:
+        payload = json.dumps(asdict(self), sort_keys=True) + f"|{_BUILD_VERSION}"
+        return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+_BUILD_VERSION = 1  # bump when the build recipe changes so stale caches are rebuilt
+
+
+def build_tokenizer(spec: TinySpec):
+    """Train a byte-level BPE with the Qwen2 split pattern on the built-in corpus; wrap it as `Qwen2Tokenizer`."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import AddedToken, Qwen2Tokenizer
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+    bpe = Tokenizer(models.BPE())
+    bpe.normalizer = normalizers.NFC()
+    bpe.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    bpe.decoder = decoders.ByteLevel()
+    n_bpe = spec.vocab_size - len(QWEN2_5_VL_SPECIAL_TOKENS)
+    trainer = trainers.BpeTrainer(vocab_size=n_bpe, min_frequency=2, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=[])
+    bpe.train_from_iterator(tokenizer_corpus(spec.seed), trainer=trainer)
+    state = json.loads(bpe.to_str())["model"]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["merges"]]
+    tokenizer = Qwen2Tokenizer(vocab=state["vocab"], merges=merges, unk_token=None, bos_token=None,
+                               eos_token="<|im_end|>", pad_token="<|endoftext|>", errors="replace",
+                               model_max_length=32768, clean_up_tokenization_spaces=False, split_special_tokens=False)
+    tokenizer.add_tokens([AddedToken(t, special=t not in _NOT_SPECIAL, normalized=False)
+                          for t in QWEN2_5_VL_SPECIAL_TOKENS])
+    tokenizer.chat_template = QWEN2_5_VL_CHAT_TEMPLATE
+    return tokenizer
+
+
+def build_processor(tokenizer, min_pixels: int, max_pixels: int):
+    """The stock Qwen2.5-VL processor around `tokenizer`."""
+    from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
+
+    image_processor = Qwen2VLImageProcessor(min_pixels=min_pixels, max_pixels=max_pixels)
+    # The video default pixel cap changed in transformers 5.22; pass it explicitly so runs are comparable.
+    video_processor = Qwen2VLVideoProcessor(min_pixels=min_pixels, max_pixels=max_pixels, cap_pixels_per_frame=False)
+    return Qwen2_5_VLProcessor(image_processor=image_processor, tokenizer=tokenizer, video_processor=video_processor,
+                               chat_template=QWEN2_5_VL_CHAT_TEMPLATE)
+
+
+def build_config(spec: TinySpec, tokenizer):
+    """A `Qwen2_5_VLConfig` at toy size whose special-token ids match `tokenizer`."""
+    from transformers import Qwen2_5_VLConfig
+
+    head_dim = spec.hidden_size // spec.num_attention_heads
+    # mrope splits head_dim/2 rotary frequencies over (temporal, height, width).
+    half = head_dim // 2
+    mrope_section = [half - 2 * (half // 4 + half // 8), half // 4 + half // 8, half // 4 + half // 8]
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN2_5_VL_SPECIAL_TOKENS}
+    return Qwen2_5_VLConfig(
+        text_config=dict(
+            vocab_size=len(tokenizer), hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
+            num_hidden_layers=spec.num_hidden_layers, num_attention_heads=spec.num_attention_heads,
+            num_key_value_heads=spec.num_key_value_heads, max_position_embeddings=8192, max_window_layers=spec.num_hidden_layers,
+            rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": mrope_section},
+            bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
+            tie_word_embeddings=True,
+        ),
+        vision_config=dict(
+            depth=spec.vision_depth, hidden_size=spec.vision_hidden_size, intermediate_size=2 * spec.vision_hidden_size,
+            num_heads=spec.vision_num_heads, out_hidden_size=spec.hidden_size, patch_size=14, spatial_merge_size=2,
+            temporal_patch_size=2, window_size=112, fullatt_block_indexes=[spec.vision_depth - 1],
+        ),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=True,
+    )
+
+
+def build_tiny_checkpoint(spec: TinySpec, out_dir: Path) -> Path:
+    """Build the tiny model, tokenizer and processor from `spec` and save them as a HF directory."""
+    from transformers import Qwen2_5_VLForConditionalGeneration, set_seed
+
+    tokenizer = build_tokenizer(spec)
+    processor = build_processor(tokenizer, spec.min_pixels, spec.max_pixels)
+    config = build_config(spec, tokenizer)
+    set_seed(spec.seed)
+    model = Qwen2_5_VLForConditionalGeneration._from_config(config, attn_implementation="sdpa", dtype=torch.float32)
+    model.generation_config.pad_token_id = config.text_config.pad_token_id
+    model.generation_config.eos_token_id = [tokenizer.convert_tokens_to_ids("<|im_end|>"),
+                                            tokenizer.convert_tokens_to_ids("<|endoftext|>")]
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    (out_dir / "vst_vla_tiny.json").write_text(json.dumps(asdict(spec), indent=2))
+    return out_dir
+
+
+def tiny_checkpoint(spec: TinySpec | None = None) -> Path:
+    """Path of the cached tiny checkpoint for `spec`, building it (atomically) when it is not there yet."""
+    spec = spec or TinySpec()
+    final = cache_dir() / f"tiny-qwen2_5_vl-{spec.cache_key()}"
+    if (final / "vst_vla_tiny.json").is_file():
+        return final
+    log.info("building the tiny Qwen2.5-VL preset into %s", final)
+    # Built in a temporary sibling and renamed, so a killed build never leaves a half-written cache entry.
+    tmp = Path(tempfile.mkdtemp(prefix=final.name + ".tmp-", dir=final.parent))
+    try:
+        build_tiny_checkpoint(spec, tmp)
+        try:
+            os.rename(tmp, final)
+        except OSError:  # another process finished first; its build is identical
+            if not (final / "vst_vla_tiny.json").is_file():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final

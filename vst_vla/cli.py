@@ -63,7 +63,7 @@ def run_command(name: str, argv: list[str]) -> object:
 
     saved_argv = sys.argv
     # Hydra reads sys.argv; it names the job after argv[0], which is how runs land in outputs/<command>/.
-    sys.argv = [name, *argv]
+    sys.argv = [name, f"hydra.job.name={name}", *argv]
     try:
         _app()
     finally:

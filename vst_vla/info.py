@@ -1,0 +1,48 @@
+"""`vst-vla info`: what this installation runs on."""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import platform
+
+import torch
+from omegaconf import DictConfig
+
+from vst_vla.runtime import flash_attention_available, resolve_attention, resolve_device, resolve_dtype, select_mujoco_renderer
+
+_PACKAGES = ("torch", "torchvision", "transformers", "trl", "accelerate", "peft", "lerobot", "mujoco", "metaworld",
+             "gymnasium", "hydra-core", "flash-attn", "vllm")
+
+
+def _version(name: str) -> str:
+    try:
+        return md.version(name)
+    except md.PackageNotFoundError:
+        return "not installed"
+
+
+def collect_info(cfg: DictConfig | None = None) -> dict[str, str]:
+    """Versions, device, dtype, attention kernel and the MuJoCo renderer that works here."""
+    model_cfg = cfg.model if cfg is not None and "model" in cfg else {}
+    device = resolve_device(model_cfg.get("device", "auto"))
+    info = {"python": platform.python_version(), "platform": platform.platform()}
+    info.update({name: _version(name) for name in _PACKAGES})
+    info["device"] = str(device) + (f" ({torch.cuda.get_device_name(0)})" if device.type == "cuda" else "")
+    info["cuda available"] = str(torch.cuda.is_available())
+    info["dtype"] = str(resolve_dtype(model_cfg.get("dtype", "auto"), device)).replace("torch.", "")
+    info["attention"] = resolve_attention(model_cfg.get("attn_implementation", "auto"), device)
+    info["flash-attn usable"] = str(flash_attention_available())
+    info["torch threads"] = str(torch.get_num_threads())
+    try:
+        info["mujoco renderer"] = select_mujoco_renderer()
+    except RuntimeError as err:
+        info["mujoco renderer"] = f"none ({err})"
+    return info
+
+
+def run(cfg: DictConfig) -> dict[str, str]:
+    info = collect_info(cfg)
+    width = max(len(k) for k in info)
+    for key, value in info.items():
+        print(f"{key.ljust(width)}  {value}")
+    return info

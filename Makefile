@@ -13,7 +13,7 @@ export MUJOCO_GL ?= egl
 export PYOPENGL_PLATFORM ?= egl
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test bench lint clean
+.PHONY: install robot-venv demo test bench lint clean
 
 $(STAMP): pyproject.toml
 	@if [ -z "$(PYTHON312)" ]; then echo "error: python3.12 not found (install Python 3.12 or set PYTHON312=/path/to/python3.12)" >&2; exit 1; fi
@@ -24,10 +24,22 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The robot side of the policy server: openpi-client (numpy < 2) in its own small venv, as a robot would run it.
+ROBOT_VENV := .venv-robot
+ROBOT_STAMP := $(ROBOT_VENV)/.installed
+$(ROBOT_STAMP):
+	@if [ -z "$(PYTHON312)" ]; then echo "error: python3.12 not found (install Python 3.12 or set PYTHON312=/path/to/python3.12)" >&2; exit 1; fi
+	@test -x $(ROBOT_VENV)/bin/python || $(PYTHON312) -m venv $(ROBOT_VENV)
+	$(ROBOT_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(ROBOT_VENV)/bin/python -m pip install --quiet 'openpi-client==0.1.2' 'numpy<2' 'msgpack>=1.0.5' 'websockets>=11' 'dm-tree>=0.1.8'
+	@touch $(ROBOT_STAMP)
+
+robot-venv: $(ROBOT_STAMP)
+
 demo: $(STAMP)
 	$(VENV)/bin/vst-vla demo
 
-test: $(STAMP)
+test: $(STAMP) $(ROBOT_STAMP)
 	$(VENV)/bin/python -m pytest tests
 
 bench: $(STAMP)

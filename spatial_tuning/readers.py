@@ -163,7 +163,7 @@ def _json_rows(file: Path, root: Path):
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ValueError(f"{file}: not valid JSON: {error}") from error
     if not isinstance(rows, list):
-        raise ValueError(f"{file}: expected a JSON list of samples, got {type(rows).__name__}")
+        raise TypeError(f"{file}: expected a JSON list of samples, got {type(rows).__name__}")
     for index, row in enumerate(rows):
         row_id = str(row.get("id", f"#{index}")) if isinstance(row, dict) else f"#{index}"
         yield row_id, (lambda row=row, row_id=row_id: _json_sample(row, row_id, file, root))

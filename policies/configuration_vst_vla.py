@@ -1,0 +1,121 @@
+"""`VSTVLAConfig`: the VST-VLA policy's configuration, registered with LeRobot as policy type `vst_vla`.
+
+One dataclass holds everything needed to rebuild the policy from its directory: the backbone source, the
+head (by name or import path, with its hyper-parameters), the prompt, image size, fine-tuning mode and the
+normalisation modes. `lerobot-train --policy.type=vst_vla --policy.discover_packages_path=policies` parses it
+from the command line; `vst-vla vla` fills it from the Hydra tree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from lerobot.configs import NormalizationMode, PreTrainedConfig
+from lerobot.optim import AdamWConfig, CosineDecayWithWarmupSchedulerConfig
+
+# Short names for the shipped heads; `head` may also be an import path ("package.module.Class").
+HEAD_TARGETS = {
+    "tokens": "policies.heads.tokens.TokenActionHead",
+    "l1_chunk": "policies.heads.l1_chunk.L1ChunkHead",
+    "flow": "policies.heads.flow.FlowMatchingHead",
+}
+FINETUNE_MODES = ("full", "lora", "frozen")
+PROMPT_TEMPLATE = "What action should the robot take to {task}?"
+
+
+@PreTrainedConfig.register_subclass("vst_vla")
+@dataclass
+class VSTVLAConfig(PreTrainedConfig):
+    """Backbone, head, prompt and training presets of a VST-VLA policy."""
+
+    # Backbone: anything `vst_vla.backbone.load_backbone` accepts ("tiny", a local HF directory).
+    backbone: str = "tiny"
+    attn_implementation: str = "auto"
+    backbone_dtype: str = "auto"
+
+    # Head: a short name from HEAD_TARGETS or an import path; chunk_size actions are predicted per call.
+    head: str = "l1_chunk"
+    chunk_size: int = 8
+    n_action_steps: int = 8
+    head_hidden_dim: int = 256  # l1_chunk MLP width; flow expert width
+    n_bins: int = 256  # tokens head
+    flow_steps: int = 10  # flow head: Euler integration steps at inference
+    expert_layers: int = 2
+    expert_heads: int = 4
+
+    # Prompt and inputs.
+    prompt_template: str = PROMPT_TEMPLATE
+    image_size: int = 84  # every camera is resized to a square of this side (a multiple of 28)
+    use_state: bool = True  # project observation.state into one token of the prompt
+
+    # Fine-tuning: full | lora | frozen (backbone frozen, only head and projections train).
+    finetune: str = "full"
+    freeze_vision_encoder: bool = True
+    lora_rank: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+
+    normalization_mapping: dict[str, NormalizationMode] = field(
+        default_factory=lambda: {
+            "VISUAL": NormalizationMode.IDENTITY,
+            "STATE": NormalizationMode.MEAN_STD,
+            # The paper's (OpenVLA's) q01/q99 normalisation to [-1, 1], for every head.
+            "ACTION": NormalizationMode.QUANTILES,
+        }
+    )
+
+    # Training presets (used by lerobot-train; `vst-vla vla` takes them from its trainer config).
+    optimizer_lr: float = 1e-4
+    optimizer_betas: tuple[float, float] = (0.9, 0.95)
+    optimizer_eps: float = 1e-8
+    optimizer_weight_decay: float = 1e-4
+    optimizer_grad_clip_norm: float = 1.0
+    scheduler_warmup_steps: int = 10
+    scheduler_decay_steps: int = 1000
+    scheduler_decay_lr: float = 1e-5
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.head == "tokens" and (self.chunk_size != 1 or self.n_action_steps != 1):
+            # The paper's head decodes one action per step, without chunking.
+            self.chunk_size, self.n_action_steps = 1, 1
+        if self.n_action_steps > self.chunk_size:
+            raise ValueError(f"policy n_action_steps={self.n_action_steps} exceeds chunk_size={self.chunk_size}")
+        if self.finetune not in FINETUNE_MODES:
+            raise ValueError(f"policy finetune={self.finetune!r} is not one of {FINETUNE_MODES}")
+        if self.image_size % 28:
+            raise ValueError(f"policy image_size={self.image_size} must be a multiple of 28 (Qwen2.5-VL patches)")
+        if "{task}" not in self.prompt_template:
+            raise ValueError(f"policy prompt_template={self.prompt_template!r} has no {{task}} placeholder")
+
+    @property
+    def head_target(self) -> str:
+        """Import path of the head class."""
+        return HEAD_TARGETS.get(self.head, self.head)
+
+    def validate_features(self) -> None:
+        if not self.image_features:
+            raise ValueError("vst_vla needs at least one observation.images.* (VISUAL) input feature")
+        if self.action_feature is None:
+            raise ValueError("vst_vla needs an `action` output feature")
+
+    def get_optimizer_preset(self) -> AdamWConfig:
+        return AdamWConfig(lr=self.optimizer_lr, betas=self.optimizer_betas, eps=self.optimizer_eps,
+                           weight_decay=self.optimizer_weight_decay, grad_clip_norm=self.optimizer_grad_clip_norm)
+
+    def get_scheduler_preset(self) -> CosineDecayWithWarmupSchedulerConfig:
+        return CosineDecayWithWarmupSchedulerConfig(peak_lr=self.optimizer_lr, decay_lr=self.scheduler_decay_lr,
+                                                    num_warmup_steps=self.scheduler_warmup_steps,
+                                                    num_decay_steps=self.scheduler_decay_steps)
+
+    @property
+    def observation_delta_indices(self) -> None:
+        return None
+
+    @property
+    def action_delta_indices(self) -> list[int]:
+        return list(range(self.chunk_size))
+
+    @property
+    def reward_delta_indices(self) -> None:
+        return None

@@ -1,0 +1,123 @@
+"""Saving and loading whole policy directories, and `LoadedPolicy`: the policy with its processors around it.
+
+`LoadedPolicy.select_action` takes RAW LeRobot batches (images float [B, 3, H, W] in [0, 1], state in robot
+units, `task` strings) and returns actions in environment units [B, action_dim]; this is the object
+`vst-vla eval-sim`, `lerobot-eval`-style loops, export and serving call.
+
+Directory layout (written atomically, marked `_COMPLETE`):
+    config.json                      VSTVLAConfig (LeRobot's policy config, type vst_vla)
+    model.safetensors                every weight (backbone, head, state projection)
+    backbone/                        backbone HF config, tokenizer and processor (no weights)
+    policy_preprocessor.json  + policy_preprocessor_step_*_normalizer_processor.safetensors   (statistics)
+    policy_postprocessor.json + policy_postprocessor_step_*_unnormalizer_processor.safetensors
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lerobot.processor import PolicyProcessorPipeline
+from policies.configuration_vst_vla import VSTVLAConfig
+from policies.modeling_vst_vla import VSTVLAPolicy
+from policies.processor_vst_vla import NormalizationError, make_vst_vla_pre_post_processors
+from vst_vla.atomic import atomic_directory, is_complete
+
+log = logging.getLogger(__name__)
+
+
+class LoadedPolicy:
+    """A `VSTVLAPolicy` with its pre/post-processors: raw observations in, environment-unit actions out."""
+
+    def __init__(self, policy: VSTVLAPolicy, preprocessor: PolicyProcessorPipeline,
+                 postprocessor: PolicyProcessorPipeline, path: Path | None = None):
+        self.policy, self.preprocessor, self.postprocessor, self.path = policy, preprocessor, postprocessor, path
+
+    @property
+    def config(self) -> VSTVLAConfig:
+        return self.policy.config
+
+    @property
+    def action_dim(self) -> int:
+        return self.policy.action_dim
+
+    def reset(self) -> None:
+        """Call at every episode start: clears the queued actions of the current chunk."""
+        self.policy.reset()
+
+    @torch.no_grad()
+    def select_action(self, batch: dict[str, Any]) -> Tensor:
+        """One action per observation [B, action_dim] in environment units (a chunk is predicted when needed)."""
+        return self.postprocessor(self.policy.select_action(self.preprocessor(dict(batch))))
+
+    @torch.no_grad()
+    def predict_action_chunk(self, batch: dict[str, Any]) -> Tensor:
+        """A whole chunk [B, chunk_size, action_dim] in environment units, without touching the queue."""
+        return self.postprocessor(self.policy.predict_action_chunk(self.preprocessor(dict(batch))))
+
+
+def save_policy(policy: VSTVLAPolicy, preprocessor: PolicyProcessorPipeline, postprocessor: PolicyProcessorPipeline,
+                out_dir: str | Path, overwrite: bool = True) -> Path:
+    """Write a self-contained policy directory atomically (complete under its final name, or not at all)."""
+    out_dir = Path(out_dir)
+    with atomic_directory(out_dir, overwrite=overwrite) as tmp:
+        policy.save_pretrained(tmp)
+        preprocessor.save_pretrained(tmp)
+        postprocessor.save_pretrained(tmp)
+    log.info("saved policy to %s", out_dir)
+    return out_dir
+
+
+def _check_processor_features(config: VSTVLAConfig, preprocessor: PolicyProcessorPipeline, path: Path) -> None:
+    """The saved normaliser must describe exactly the policy's features (keys and shapes)."""
+    expected = {k: tuple(v.shape) for k, v in {**config.input_features, **config.output_features}.items()}
+    for step in preprocessor.steps:
+        features = getattr(step, "features", None)
+        if not features:
+            continue
+        saved = {k: tuple(v.shape) for k, v in features.items()}
+        if saved != expected:
+            raise NormalizationError(f"{path}: processor step {type(step).__name__} has features {saved}, "
+                                     f"the policy config has {expected}")
+
+
+def load_policy(path: str | Path, device: str = "cpu", n_action_steps: int | None = None,
+                flow_steps: int | None = None, **_: Any) -> LoadedPolicy:
+    """Load a policy directory written by `save_policy` (or a `lerobot-train` checkpoint's pretrained_model/).
+
+    `n_action_steps` and `flow_steps` override the saved inference settings (e.g. execute fewer actions per
+    chunk); everything else comes from the directory.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"policy directory {path} does not exist")
+    if not is_complete(path) and not (path / "model.safetensors").is_file():
+        raise FileNotFoundError(f"policy directory {path} is incomplete (no _COMPLETE marker, no model.safetensors)")
+    config = VSTVLAConfig.from_pretrained(path)
+    config.device = device
+    if n_action_steps is not None:
+        config.n_action_steps = min(int(n_action_steps), config.chunk_size)
+    if flow_steps is not None:
+        config.flow_steps = int(flow_steps)
+    policy = VSTVLAPolicy.from_pretrained(path, config=config)
+    device_override = {"device_processor": {"device": device}}
+    preprocessor = PolicyProcessorPipeline.from_pretrained(path, config_filename="policy_preprocessor.json",
+                                                           overrides=device_override)
+    from lerobot.processor import policy_action_to_transition, transition_to_policy_action
+
+    postprocessor = PolicyProcessorPipeline.from_pretrained(path, config_filename="policy_postprocessor.json",
+                                                            to_transition=policy_action_to_transition,
+                                                            to_output=transition_to_policy_action)
+    _check_processor_features(config, preprocessor, path)
+    policy.eval()
+    return LoadedPolicy(policy, preprocessor, postprocessor, path)
+
+
+def new_policy(config: VSTVLAConfig, dataset_stats: dict[str, dict[str, Any]], backbone=None) -> LoadedPolicy:
+    """A fresh policy and processors for `config` (features already set) and the dataset's statistics."""
+    preprocessor, postprocessor = make_vst_vla_pre_post_processors(config, dataset_stats)
+    return LoadedPolicy(VSTVLAPolicy(config, backbone=backbone), preprocessor, postprocessor)

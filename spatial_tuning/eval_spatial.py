@@ -1,0 +1,218 @@
+"""`vst-vla eval-spatial`: checkpoints side by side on held-out spatial samples, per skill, next to chance.
+
+Each checkpoint answers every sample by batched greedy generation (left padding). Answers are scored by the
+ground truth's `meta_info.mode`: exact match of the option letter (multiple choice), MRA (numeric, VSI-Bench's
+mean relative accuracy), AP at IoU 0.15 and mean IoU after Hungarian matching (3D boxes). Each skill's chance
+level sits in the same row: 1 / #options, the MRA of always answering the skill's mean value, and the AP / IoU
+of answering the skill's mean box. Writes `metrics.json` and `metrics.md`, prints the table.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from spatial_tuning import metrics
+from spatial_tuning.rewards import (bbox3d_scores, extract_choice, extract_number, format_reward,
+                                    ground_truth_boxes, ground_truth_choice, option_texts, parse_boxes,
+                                    split_answer)
+from spatial_tuning.sample import SpatialSample
+from vst_vla.atomic import write_json, write_text
+from vst_vla.backbone import device_of, load_backbone
+
+log = logging.getLogger(__name__)
+
+METRIC_NAMES = {"multiple_choice": "accuracy", "numeric": "MRA", "bbox3d": "AP@15"}
+
+
+# --- generation ------------------------------------------------------------------------------------------
+
+
+def _batch_inputs(samples: Sequence[SpatialSample], processor, think: bool | None):
+    texts = [processor.apply_chat_template(s.messages(think=think, include_answer=False), tokenize=False,
+                                           add_generation_prompt=True) for s in samples]
+    images = [image for s in samples for image in s.pil_images()]
+    videos = [[np.asarray(frame) for frame in frames] for s in samples for frames in s.pil_videos()]
+    kwargs: dict[str, Any] = {"text": texts, "padding": True, "return_tensors": "pt"}
+    if images:
+        kwargs["images"] = images
+    if videos:
+        kwargs["videos"] = videos
+    return processor(**kwargs)
+
+
+@torch.no_grad()
+def generate_answers(model, processor, samples: Sequence[SpatialSample], think: bool | None = None,
+                     batch_size: int = 8, max_new_tokens: int = 128, desc: str = "generating") -> list[str]:
+    """Greedy completions for `samples`, batched with left padding (prompts end where generation starts)."""
+    tokenizer = processor.tokenizer
+    saved_side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    device = device_of(model)
+    model.eval()
+    completions: list[str] = []
+    try:
+        for start in tqdm(range(0, len(samples), batch_size), desc=desc, leave=False):
+            inputs = _batch_inputs(samples[start:start + batch_size], processor, think).to(device)
+            output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                    pad_token_id=tokenizer.pad_token_id)
+            new_tokens = output[:, inputs["input_ids"].shape[1]:]
+            completions += tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+    finally:
+        tokenizer.padding_side = saved_side
+    return completions
+
+
+# --- scoring ---------------------------------------------------------------------------------------------
+
+
+def score_answer(completion: str, sample: SpatialSample, require_think: bool = True) -> dict[str, Any]:
+    """Per-sample scores by the ground truth's mode (accuracy / MRA / boxes) plus the think-format flag."""
+    meta = sample.meta_info
+    mode = meta.get("mode")
+    _, answer = split_answer(completion)
+    record: dict[str, Any] = {"id": sample.id, "skill": sample.skill, "mode": mode, "completion": completion,
+                              "format": format_reward(completion, require_think=require_think)}
+    if mode == "multiple_choice":
+        record["correct"] = metrics.exact_match(extract_choice(answer, meta.get("options")), ground_truth_choice(meta))
+        record["n_options"] = len(option_texts(meta.get("options"))) or 4
+    elif mode == "numeric":
+        target = float(str(meta["answer"]).replace(",", ""))
+        record["target"] = target
+        record["mra"] = metrics.mean_relative_accuracy(extract_number(answer, meta.get("unit")), target)
+    elif mode == "bbox3d":
+        record["predicted"], record["reference"] = parse_boxes(answer), ground_truth_boxes(meta)
+        record["mean_iou"] = bbox3d_scores(record["predicted"], record["reference"])["mean_iou"]
+    else:
+        raise ValueError(f"sample {sample.id}: meta_info.mode={mode!r} cannot be scored")
+    return record
+
+
+def skill_metrics(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per-skill metric and chance level from per-sample records of one checkpoint."""
+    by_skill: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+    for record in records:
+        by_skill[record["skill"]].append(record)
+    out: dict[str, dict[str, Any]] = {}
+    for skill, rows in sorted(by_skill.items()):
+        mode = rows[0]["mode"]
+        entry: dict[str, Any] = {"mode": mode, "n": len(rows), "metric": METRIC_NAMES[mode],
+                                 "format_rate": float(np.mean([r["format"] for r in rows]))}
+        if mode == "multiple_choice":
+            entry["value"] = float(np.mean([r["correct"] for r in rows]))
+            entry["chance"] = metrics.choice_chance([r["n_options"] for r in rows])
+        elif mode == "numeric":
+            entry["value"] = float(np.mean([r["mra"] for r in rows]))
+            entry["chance"] = metrics.numeric_chance([r["target"] for r in rows])
+        else:
+            entry["value"] = metrics.average_precision_3d([r["predicted"] for r in rows], [r["reference"] for r in rows])
+            entry["mean_iou"] = float(np.mean([r["mean_iou"] for r in rows]))
+            chance = metrics.bbox3d_chance([r["reference"] for r in rows])
+            entry["chance"], entry["chance_mean_iou"] = chance["ap15"], chance["mean_iou"]
+        out[skill] = entry
+    return out
+
+
+def evaluate_checkpoint(source: Any, samples: Sequence[SpatialSample], cfg: DictConfig, name: str = "") -> dict[str, Any]:
+    """Load one checkpoint, answer `samples`, and return per-skill metrics plus overall format rate."""
+    # The `model` group supplies device, dtype and pixel limits; each checkpoint only swaps the source.
+    model_cfg = dict(OmegaConf.to_container(cfg.model, resolve=True))
+    if source not in (None, "model"):
+        model_cfg["source"] = str(source)
+    model, processor = load_backbone(model_cfg)
+    completions = generate_answers(model, processor, samples, think=cfg.think, batch_size=int(cfg.batch_size),
+                                   max_new_tokens=int(cfg.max_new_tokens), desc=f"eval {name}")
+    # Format means the think format where the think prompt was used, a plain non-empty answer elsewhere.
+    records = [score_answer(c, s, require_think=s.think if cfg.think is None else bool(cfg.think))
+               for c, s in zip(completions, samples)]
+    del model
+    return {"source": str(model_cfg["source"]), "skills": skill_metrics(records),
+            "format_rate": float(np.mean([r["format"] for r in records])) if records else float("nan"),
+            "examples": [{k: r[k] for k in ("id", "skill", "completion")} for r in records[: int(cfg.keep_examples)]]}
+
+
+# --- report ----------------------------------------------------------------------------------------------
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+
+
+def render_table(results: Mapping[str, Mapping[str, Any]]) -> str:
+    """One markdown table: a row per skill (two for 3D boxes), a column per checkpoint, chance beside."""
+    names = list(results)
+    skills = sorted({s for r in results.values() for s in r["skills"]})
+    header = ["skill", "n", "metric", "chance", *names]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for skill in skills:
+        entries = {n: results[n]["skills"].get(skill, {}) for n in names}
+        ref = next(e for e in entries.values() if e)
+        lines.append(f"| {skill} | {ref['n']} | {ref['metric']} | {_fmt(ref['chance'])} | "
+                     + " | ".join(_fmt(entries[n].get("value")) for n in names) + " |")
+        if ref["mode"] == "bbox3d":
+            lines.append(f"| {skill} | {ref['n']} | mean IoU | {_fmt(ref['chance_mean_iou'])} | "
+                         + " | ".join(_fmt(entries[n].get("mean_iou")) for n in names) + " |")
+    means = {n: np.mean([e["value"] for e in results[n]["skills"].values()]) if results[n]["skills"] else None
+             for n in names}
+    chance = np.mean([next(r["skills"][s]["chance"] for r in results.values() if s in r["skills"]) for s in skills])
+    lines.append("| **mean over skills** | | | " + _fmt(float(chance) if skills else None) + " | "
+                 + " | ".join(_fmt(means[n]) for n in names) + " |")
+    lines.append("| format rate | | | - | " + " | ".join(_fmt(results[n]["format_rate"]) for n in names) + " |")
+    return "\n".join(lines)
+
+
+# --- entry point -----------------------------------------------------------------------------------------
+
+
+def load_eval_samples(cfg: DictConfig) -> list[SpatialSample]:
+    """Held-out samples from `data.paths` (VST parquet) and the local benchmark copies in `benchmarks`."""
+    samples: list[SpatialSample] = []
+    paths = list(cfg.data.paths or [])
+    if paths:
+        from spatial_tuning.readers import load_samples
+
+        samples += load_samples(paths, on_bad_sample=str(cfg.data.on_bad_sample))
+    from spatial_tuning.benchmarks import read_cv_bench, read_vsi_bench
+
+    limit = cfg.data.max_samples_per_source
+    if cfg.benchmarks.cv_bench:
+        samples += read_cv_bench(cfg.benchmarks.cv_bench, max_samples=limit)
+    if cfg.benchmarks.vsi_bench:
+        samples += read_vsi_bench(cfg.benchmarks.vsi_bench, max_samples=limit,
+                                  num_frames=int(cfg.benchmarks.vsi_num_frames))
+    if cfg.data.max_samples:
+        samples = samples[: int(cfg.data.max_samples)]
+    samples = [s for s in samples if s.meta_info.get("mode") in METRIC_NAMES]
+    if not samples:
+        raise ValueError("no scorable samples: pass data.paths=[...test.parquet] and/or benchmarks.cv_bench=DIR / "
+                         "benchmarks.vsi_bench=DIR (samples need meta_info.mode)")
+    return samples
+
+
+def evaluate(cfg: DictConfig, samples: Sequence[SpatialSample], out_dir: Path) -> dict[str, Any]:
+    """Evaluate every checkpoint in `cfg.checkpoints` on `samples`; write metrics.json / metrics.md."""
+    checkpoints = OmegaConf.to_container(cfg.checkpoints, resolve=True) or {"model": "model"}
+    results = {name: evaluate_checkpoint(source, samples, cfg, name=name) for name, source in checkpoints.items()}
+    table = render_table(results)
+    write_json(out_dir / "metrics.json", {"n_samples": len(samples), "checkpoints": results})
+    write_text(out_dir / "metrics.md", f"# Spatial evaluation ({len(samples)} samples)\n\n{table}\n")
+    print(table)
+    log.info("eval-spatial: wrote %s and %s", out_dir / "metrics.json", out_dir / "metrics.md")
+    return {"table": table, "results": results}
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Entry point of `vst-vla eval-spatial`."""
+    from vst_vla.hydra_run import resolve_out, setup_torch
+
+    setup_torch(cfg)
+    torch.manual_seed(int(cfg.seed))
+    return evaluate(cfg, load_eval_samples(cfg), resolve_out(cfg, "output_dir"))

@@ -1,0 +1,263 @@
+"""`vst-vla rl`: GRPO / DAPO on rule-checkable spatial samples through TRL's `GRPOTrainer`.
+
+Two reward functions, `accuracy` and `format` (spatial_tuning/rewards.py), weighted 0.5 / 0.5 through
+`reward_weights`, so TRL logs each one's mean per step next to the total reward. DAPO online filtering (drop
+groups whose accuracies are all equal) is not built into TRL 1.16: `DapoGRPOTrainer` reads the group accuracies
+right after scoring and removes those groups from the loss (zero advantage, zero loss mask, and the DAPO token
+normaliser recomputed over the kept tokens), so they neither push the policy nor dilute the update. Dropped
+groups are not re-sampled; the kept fraction is logged as `dapo/kept_group_frac`.
+
+Artifact: `<output_dir>/checkpoint-final/` (written atomically, loads with `vst_vla.backbone.load_backbone`),
+`<output_dir>/rl_log.jsonl` (one line per logged step) and `<output_dir>/rl_summary.json` (mean reward over
+the first and last 20 % of steps).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from transformers import TrainerCallback
+from trl import GRPOConfig, GRPOTrainer
+
+from spatial_tuning.rewards import MODES, accuracy_reward, format_reward, parse_meta_info
+from spatial_tuning.sample import SpatialSample
+from vst_vla.atomic import atomic_directory, write_json
+from vst_vla.backbone import load_backbone, save_backbone
+
+log = logging.getLogger(__name__)
+
+
+# --- data ------------------------------------------------------------------------------------------------
+
+
+def _arrow_safe(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    # Every content part gets the same keys so the column has one Arrow type; TRL fills the images in.
+    return [{"role": m["role"], "content": [{"type": p["type"], "text": p.get("text")} for p in m["content"]]}
+            for m in messages]
+
+
+def rl_rows(samples: Sequence[SpatialSample], think: bool | None = True) -> list[dict[str, Any]]:
+    """GRPO rows (`prompt`, `images`, `meta_info` as JSON, `skill`) from the rule-checkable image samples."""
+    rows, skipped = [], {"no_mode": 0, "video": 0}
+    for sample in samples:
+        if sample.meta_info.get("mode") not in MODES:
+            skipped["no_mode"] += 1
+            continue
+        if sample.videos:  # TRL 1.16's GRPOTrainer feeds images only
+            skipped["video"] += 1
+            continue
+        rows.append({"prompt": _arrow_safe(sample.messages(think=think, include_answer=False)),
+                     "images": sample.pil_images(), "meta_info": json.dumps(sample.meta_info),
+                     "skill": sample.skill, "think": sample.think if think is None else bool(think)})
+    if any(skipped.values()):
+        log.info("rl: skipped %d samples without a rule-checkable meta_info.mode and %d video samples",
+                 skipped["no_mode"], skipped["video"])
+    if not rows:
+        raise ValueError(f"no rule-checkable image samples (meta_info.mode in {MODES}) among {len(samples)} samples")
+    return rows
+
+
+def rl_dataset(samples: Sequence[SpatialSample], think: bool | None = True):
+    """A `datasets.Dataset` of GRPO rows (images stored as an image feature)."""
+    from datasets import Dataset
+
+    return Dataset.from_list(rl_rows(samples, think))
+
+
+# --- rewards ---------------------------------------------------------------------------------------------
+
+
+def _text(completion: Any) -> str:
+    if isinstance(completion, str):
+        return completion
+    # Conversational completions: [{"role": "assistant", "content": str | [parts]}]
+    content = completion[-1]["content"] if completion else ""
+    if isinstance(content, list):
+        return "".join(p.get("text") or "" for p in content)
+    return content or ""
+
+
+def make_reward_funcs(require_think: bool = True) -> list[Callable[..., list[float]]]:
+    """The `accuracy` and `format` reward functions in TRL's signature (one float per completion). The format
+    wants the think block where the row's `think` column says the think prompt was used (else `require_think`)."""
+
+    def accuracy(prompts, completions, meta_info, **kwargs) -> list[float]:
+        return [accuracy_reward(_text(c), parse_meta_info(m)) for c, m in zip(completions, meta_info)]
+
+    def format(prompts, completions, think=None, **kwargs) -> list[float]:  # noqa: A001 - TRL logs rewards/<name>
+        wants = think if think is not None else [require_think] * len(completions)
+        return [format_reward(_text(c), require_think=bool(w)) for c, w in zip(completions, wants)]
+
+    return [accuracy, format]
+
+
+# --- trainer ---------------------------------------------------------------------------------------------
+
+
+class DapoGRPOTrainer(GRPOTrainer):
+    """`GRPOTrainer` with DAPO online filtering: groups whose accuracy rewards are all equal leave the loss."""
+
+    def __init__(self, *args, dapo_filter: bool = True, accuracy_index: int = 0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.dapo_filter = dapo_filter
+        self.accuracy_index = accuracy_index
+        self._dapo_keep: torch.Tensor | None = None
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        # Gathered over processes: consecutive rows are one prompt's group, as TRL's own grouping assumes.
+        mode = "train" if self.model.training else "eval"
+        group = self.num_generations if mode == "train" else self.num_generations_eval
+        accuracy = rewards_per_func[:, self.accuracy_index].view(-1, group)
+        varied = (accuracy.amax(dim=1) - accuracy.amin(dim=1)) > 1e-6  # NaN compares False: dropped
+        self._dapo_keep = varied.repeat_interleave(group)
+        return rewards_per_func
+
+    def _generate_and_score_completions(self, inputs):
+        output = super()._generate_and_score_completions(inputs)
+        if not self.dapo_filter or not self.model.training or self._dapo_keep is None:
+            return output
+        n_local = output["completion_mask"].size(0)
+        start = self.accelerator.process_index * n_local
+        keep = self._dapo_keep[start:start + n_local].to(output["completion_mask"].device)
+        output["completion_mask"] = output["completion_mask"] * keep.unsqueeze(1).to(output["completion_mask"].dtype)
+        output["advantages"] = output["advantages"] * keep.to(output["advantages"].dtype)
+        output["num_items_in_batch"] = self.accelerator.gather(output["completion_mask"].sum()).sum()
+        self._metrics["train"]["dapo/kept_group_frac"].append(self._dapo_keep.float().mean().item())
+        return output
+
+
+class JsonlLogCallback(TrainerCallback):
+    """Appends every training log (reward, its components, completion length, loss) to a JSONL file."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.rows: list[dict[str, Any]] = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs or "reward" not in logs:
+            return
+        row = {"step": state.global_step, **{k: v for k, v in logs.items() if isinstance(v, (int, float))}}
+        self.rows.append(row)
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+class MaxTimeCallback(TrainerCallback):
+    """Stops training after `max_time_s` seconds of wall clock (the pipeline's time budget)."""
+
+    def __init__(self, max_time_s: float | None):
+        self.max_time_s = max_time_s
+        self.start = time.monotonic()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = time.monotonic()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.max_time_s and time.monotonic() - self.start > self.max_time_s:
+            log.info("rl: stopping after %.0f s (max_time_s=%s) at step %d", time.monotonic() - self.start,
+                     self.max_time_s, state.global_step)
+            control.should_training_stop = True
+
+
+def vllm_usable(requested: Any) -> bool:
+    """vLLM generation when asked for (`true`) or by default (`auto`) only with vllm installed and a GPU."""
+    available = importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
+    if requested in (True, "true") and not available:
+        raise RuntimeError("grpo.use_vllm=true needs the vllm package and a CUDA GPU (pip install '.[gpu]')")
+    return bool(available and requested in (True, "true", "auto"))
+
+
+def grpo_config(cfg: DictConfig, output_dir: Path) -> GRPOConfig:
+    """Map the `grpo` and `trainer` config groups onto TRL's `GRPOConfig`."""
+    g, t = cfg.grpo, cfg.trainer
+    cpu = str(t.device) == "cpu" or not torch.cuda.is_available()
+    weights = OmegaConf.to_container(g.reward_weights)
+    return GRPOConfig(
+        output_dir=str(output_dir / "trainer"),
+        num_generations=int(g.num_generations), temperature=float(g.temperature), top_p=float(g.top_p),
+        epsilon=float(g.epsilon), epsilon_high=float(g.epsilon_high), beta=float(g.beta),
+        loss_type=str(g.loss_type), scale_rewards=str(g.scale_rewards), num_iterations=int(g.num_iterations),
+        mask_truncated_completions=bool(g.mask_truncated_completions),
+        max_completion_length=int(g.max_completion_length), learning_rate=float(g.learning_rate),
+        lr_scheduler_type=str(g.lr_scheduler_type), warmup_steps=int(g.warmup_steps),
+        max_steps=int(g.max_steps), per_device_train_batch_size=int(g.per_device_train_batch_size),
+        gradient_accumulation_steps=int(g.gradient_accumulation_steps),
+        reward_weights=[float(weights["accuracy"]), float(weights["format"])],
+        use_vllm=vllm_usable(g.use_vllm), vllm_mode=str(g.vllm_mode),
+        bf16=bool(t.bf16) and not cpu, fp16=bool(t.fp16) and not cpu, use_cpu=cpu,
+        gradient_checkpointing=bool(t.gradient_checkpointing) and not cpu,
+        dataloader_num_workers=int(t.dataloader_num_workers), logging_steps=1,
+        save_strategy=str(g.save_strategy), save_steps=int(g.save_steps), report_to=list(g.report_to),
+        seed=int(cfg.seed), log_completions=False, disable_tqdm=False,
+    )
+
+
+def train_rl(cfg: DictConfig, samples: Sequence[SpatialSample], output_dir: Path) -> dict[str, Any]:
+    """Run GRPO from `cfg.model` on `samples`; save `<output_dir>/checkpoint-final/`; return the summary."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model, processor = load_backbone(cfg.model)
+    think = cfg.think  # None: per sample (type contains "thought")
+    dataset = rl_dataset(samples, think=think)
+    log.info("rl: %d training prompts, %d generations each", len(dataset), cfg.grpo.num_generations)
+    log_callback = JsonlLogCallback(output_dir / "rl_log.jsonl")
+    (output_dir / "rl_log.jsonl").unlink(missing_ok=True)
+    trainer = DapoGRPOTrainer(
+        model=model, processing_class=processor, args=grpo_config(cfg, output_dir), train_dataset=dataset,
+        reward_funcs=make_reward_funcs(require_think=think is not False),
+        callbacks=[log_callback, MaxTimeCallback(cfg.grpo.max_time_s)], dapo_filter=bool(cfg.grpo.dapo_filter),
+    )
+    trainer.train()
+    with atomic_directory(output_dir / "checkpoint-final", overwrite=True) as tmp:
+        save_backbone(trainer.model, processor, tmp)
+    summary = reward_trend(log_callback.rows)
+    summary["checkpoint"] = str(output_dir / "checkpoint-final")
+    write_json(output_dir / "rl_summary.json", summary)
+    log.info("rl: mean reward first 20%% of steps %.3f -> last 20%% %.3f over %d steps; saved %s",
+             summary["reward_first_20pct"], summary["reward_last_20pct"], summary["steps"], summary["checkpoint"])
+    return summary
+
+
+def reward_trend(rows: Sequence[dict[str, Any]], fraction: float = 0.2) -> dict[str, Any]:
+    """Mean reward, accuracy and format rate over the first and the last `fraction` of logged steps."""
+    n = len(rows)
+    k = max(1, int(round(n * fraction))) if n else 0
+
+    def mean(part, key):
+        values = [r[key] for r in part if key in r]
+        return sum(values) / len(values) if values else float("nan")
+
+    first, last = rows[:k], rows[n - k:] if n else []
+    out: dict[str, Any] = {"steps": n}
+    for key, name in (("reward", "reward"), ("rewards/accuracy/mean", "accuracy"), ("rewards/format/mean", "format")):
+        out[f"{name}_first_20pct"], out[f"{name}_last_20pct"] = mean(first, key), mean(last, key)
+    return out
+
+
+def load_rl_samples(cfg: DictConfig) -> list[SpatialSample]:
+    """Samples from `cfg.data.paths` (VST parquet files or directories) through the shared reader."""
+    from spatial_tuning.readers import load_samples
+
+    paths = list(cfg.data.paths or [])
+    if not paths:
+        raise ValueError("data.paths is empty: pass data.paths=[DIR/vst_r/train.parquet] (from `vst-vla synth`)")
+    samples = load_samples(paths, on_bad_sample=str(cfg.data.on_bad_sample))
+    if cfg.data.max_samples:
+        samples = samples[: int(cfg.data.max_samples)]
+    return samples
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Entry point of `vst-vla rl`."""
+    from vst_vla.hydra_run import resolve_out, setup_torch
+
+    setup_torch(cfg)
+    return train_rl(cfg, load_rl_samples(cfg), resolve_out(cfg, "output_dir"))

@@ -1,0 +1,117 @@
+"""Readers for local CV-Bench and VSI-Bench copies, on small files written here in the published formats."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from spatial_tuning.benchmarks import BenchmarkFormatError, read_cv_bench, read_vsi_bench
+
+
+def _png(color) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 24), color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _cv_row(idx, type_, task, answer="(B)"):
+    return {"idx": idx, "type": type_, "task": task, "question": f"Which object is closer? ({idx})",
+            "choices": ["lamp", "chair"], "answer": answer,
+            "prompt": f"Which object is closer? ({idx}) Select from the following choices.\n(A) lamp\n(B) chair",
+            "filename": f"img/{type_}/{task.lower()}/omni3d_{idx}.png", "source": "Omni3D",
+            "source_dataset": "SUNRGBD", "source_filename": f"{idx}.jpg", "target_class": None,
+            "target_size": None, "bbox": None}
+
+
+def test_cv_bench_parquet_layout(tmp_path):
+    for split, rows in (("2d", [_cv_row(0, "2D", "Count"), _cv_row(1, "2D", "Relation")]),
+                        ("3d", [_cv_row(2, "3D", "Depth", "(A)"), _cv_row(3, "3D", "Distance")])):
+        frame = pd.DataFrame([{**r, "image": {"bytes": _png((10 * r["idx"], 0, 0)), "path": r["filename"]}}
+                              for r in rows])
+        frame.to_parquet(tmp_path / f"test_{split}.parquet")
+    samples = read_cv_bench(tmp_path)
+    assert [s.skill for s in samples] == ["cvbench_2d_count", "cvbench_2d_relation", "cvbench_3d_depth",
+                                          "cvbench_3d_distance"]
+    depth = samples[2]
+    assert depth.meta_info["mode"] == "multiple_choice" and depth.meta_info["answer"] == "A"
+    assert depth.meta_info["options"] == ["lamp", "chair"]
+    assert depth.pil_images()[0].getpixel((0, 0)) == (20, 0, 0)
+    assert depth.conversations[0]["value"].startswith("<image>\nWhich object is closer? (2)")
+    assert "(B) chair" in depth.prompt_text
+    # max_samples spreads over the tasks.
+    assert sorted(s.skill for s in read_cv_bench(tmp_path, max_samples=2)) == ["cvbench_2d_count", "cvbench_2d_relation"]
+
+
+def test_cv_bench_jsonl_with_image_folder(tmp_path):
+    rows = [_cv_row(0, "2D", "Count"), _cv_row(1, "3D", "Depth")]
+    for row in rows:
+        (tmp_path / row["filename"]).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / row["filename"]).write_bytes(_png((0, 255, 0)))
+    (tmp_path / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    samples = read_cv_bench(tmp_path)
+    assert len(samples) == 2 and samples[1].pil_images()[0].getpixel((1, 1)) == (0, 255, 0)
+
+
+def test_cv_bench_errors_name_file_and_row(tmp_path):
+    row = _cv_row(0, "2D", "Count", answer="lamp")
+    (tmp_path / "img/2D/count").mkdir(parents=True)
+    (tmp_path / row["filename"]).write_bytes(_png((0, 0, 0)))
+    (tmp_path / "test_2d.jsonl").write_text(json.dumps(row) + "\n")
+    with pytest.raises(BenchmarkFormatError, match=r"test_2d.jsonl row 0: answer 'lamp'"):
+        read_cv_bench(tmp_path)
+    (tmp_path / "test_2d.jsonl").write_text(json.dumps({**_cv_row(0, "2D", "Count"), "filename": "img/none.png"}) + "\n")
+    with pytest.raises(BenchmarkFormatError, match="none.png not found"):
+        read_cv_bench(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no CV-Bench annotations"):
+        read_cv_bench(tmp_path / "missing")
+
+
+def _write_video(path, n_frames=12):
+    import imageio.v2 as imageio
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames = [np.full((32, 32, 3), 20 * i, dtype=np.uint8) for i in range(n_frames)]
+    imageio.mimwrite(str(path), frames, fps=4, format="FFMPEG", macro_block_size=16)
+
+
+def test_vsi_bench_jsonl_and_videos(tmp_path):
+    _write_video(tmp_path / "scannet" / "scene0001_00.mp4")
+    _write_video(tmp_path / "arkitscenes" / "41069025.mp4")
+    rows = [
+        {"id": 0, "dataset": "arkitscenes", "scene_name": "41069025", "question_type": "object_counting",
+         "question": "How many table(s) are in this room?", "ground_truth": "4", "options": None},
+        {"id": 1, "dataset": "scannet", "scene_name": "scene0001_00", "question_type": "object_rel_distance",
+         "question": "Which object is closest to the sofa?", "ground_truth": "C",
+         "options": ["A. table", "B. lamp", "C. tv", "D. bed"]},
+        {"id": 2, "dataset": "scannet", "scene_name": "scene0001_00", "question_type": "object_abs_distance",
+         "question": "How far apart are the bed and the tv (in meters)?", "ground_truth": "2.3", "options": None},
+    ]
+    (tmp_path / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    samples = read_vsi_bench(tmp_path, num_frames=4)
+    counting, relative, distance = samples
+    assert counting.meta_info == {"skill": "vsibench_object_counting", "mode": "numeric", "answer": 4.0,
+                                  "unit": None, "benchmark": "VSI-Bench", "scene_id": "41069025"}
+    assert relative.meta_info["answer"] == "C" and relative.meta_info["options"][2] == "C. tv"
+    assert distance.meta_info["unit"] == "m"
+    frames = relative.pil_videos()[0]
+    assert len(frames) == 4 and frames[0].size == (32, 32)
+    # Uniform sampling: first and last frames of the 12 (grey 0 and 220, up to compression).
+    assert frames[0].getpixel((16, 16))[0] < 15 and frames[-1].getpixel((16, 16))[0] > 200
+    assert relative.conversations[0]["value"].startswith("<video>\nThese are frames of a video.")
+    assert len(read_vsi_bench(tmp_path, max_samples=2, num_frames=2)) == 2
+
+
+def test_vsi_bench_parquet_and_missing_video(tmp_path):
+    rows = [{"id": 7, "dataset": "scannetpp", "scene_name": "abc", "question_type": "room_size_estimation",
+             "question": "What is the size of this room?", "ground_truth": "20.5", "options": None, "pruned": False}]
+    pd.DataFrame(rows).to_parquet(tmp_path / "test-00000-of-00001.parquet")
+    with pytest.raises(BenchmarkFormatError, match=r"scannetpp/abc.mp4 not found"):
+        read_vsi_bench(tmp_path)
+    _write_video(tmp_path / "scannetpp" / "abc.mp4", n_frames=4)
+    (sample,) = read_vsi_bench(tmp_path, num_frames=2)
+    assert sample.meta_info["answer"] == 20.5 and sample.skill == "vsibench_room_size_estimation"

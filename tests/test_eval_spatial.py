@@ -1,0 +1,88 @@
+"""`vst-vla eval-spatial`: batched generation on the tiny backbone, per-skill scores next to chance."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+from PIL import Image
+
+from spatial_tuning.eval_spatial import evaluate, generate_answers, render_table, score_answer, skill_metrics
+from spatial_tuning.sample import SpatialSample
+
+BOX = [0.1, 0.0, 2.0, 0.4, 0.3, 0.5, 0.0, 0.1, 0.0]
+
+
+def _png(color, size=(56, 56)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def eval_samples() -> list[SpatialSample]:
+    """Two samples per mode: multiple choice (one and two images), numeric, 3D boxes, and a video question."""
+    mc = {"skill": "depth_comparison", "mode": "multiple_choice", "options": ["red box", "blue ball"]}
+    return [
+        SpatialSample("mc0", [{"from": "human", "value": "<image>Which is closer? (A) red box (B) blue ball"},
+                              {"from": "gpt", "value": "<think>x</think> A"}], images=[_png((255, 0, 0))],
+                      type="depth_comparison_thought", meta_info={**mc, "answer": "A"}),
+        SpatialSample("mc1", [{"from": "human", "value": "<image><image>Which is closer? (A) red box (B) blue ball"},
+                              {"from": "gpt", "value": "B"}], images=[_png((0, 0, 255), (84, 56)), _png((0, 0, 0))],
+                      type="depth_comparison", meta_info={**mc, "answer": "B"}),
+        SpatialSample("num0", [{"from": "human", "value": "<image>How far is the red box from the camera?"},
+                               {"from": "gpt", "value": "2.0 m"}], images=[_png((9, 9, 9))], type="distance",
+                      meta_info={"skill": "distance", "mode": "numeric", "answer": 2.0, "unit": "m"}),
+        SpatialSample("num1", [{"from": "human", "value": "<video>How far did the camera move?"},
+                               {"from": "gpt", "value": "1.0 m"}], videos=[[_png((i * 40, 0, 0)) for i in range(4)]],
+                      type="distance", meta_info={"skill": "distance", "mode": "numeric", "answer": 1.0, "unit": "m"}),
+        SpatialSample("box0", [{"from": "human", "value": "<image>Output the 3D bounding box of the red box."},
+                               {"from": "gpt", "value": json.dumps([{"label": "red box", "bbox_3d": BOX}])}],
+                      images=[_png((200, 0, 0))], type="bbox3d",
+                      meta_info={"skill": "bbox3d", "mode": "bbox3d", "answer": [{"label": "red box", "bbox_3d": BOX}]}),
+    ]
+
+
+def test_batched_generation_matches_one_by_one(tiny_backbone):
+    model, processor = tiny_backbone
+    samples = eval_samples()
+    batched = generate_answers(model, processor, samples, batch_size=5, max_new_tokens=6)
+    single = [generate_answers(model, processor, [s], batch_size=1, max_new_tokens=6)[0] for s in samples]
+    assert batched == single  # left padding: padded rows generate the same greedy tokens
+
+
+def test_scores_and_chance_per_skill():
+    samples = eval_samples()
+    answers = ["<think>x</think> A", "(a)", "<think>x</think> 2.2 m", "1.0", "```json\n" + json.dumps(
+        [{"label": "red box", "bbox_3d": BOX}]) + "\n```"]
+    records = [score_answer(a, s, require_think=s.think) for a, s in zip(answers, samples)]
+    skills = skill_metrics(records)
+    assert skills["depth_comparison"] == pytest.approx({"mode": "multiple_choice", "n": 2, "metric": "accuracy",
+                                                        "format_rate": 1.0, "value": 0.5, "chance": 0.5})
+    # MRA: 10 % error -> 0.9; exact -> 1.0. Chance answers the mean 1.5: 25 % and 50 % error -> 0.6, 0.1.
+    assert skills["distance"]["value"] == pytest.approx(0.95) and skills["distance"]["chance"] == pytest.approx(0.35)
+    assert skills["bbox3d"]["value"] == 1.0 and skills["bbox3d"]["mean_iou"] == pytest.approx(1.0)
+    # One sample: the mean box is the box without its yaw (0.1 * 180 deg): AP@15 1, IoU below 1.
+    assert skills["bbox3d"]["chance"] == 1.0 and skills["bbox3d"]["chance_mean_iou"] == pytest.approx(0.787, abs=1e-3)
+
+
+def test_evaluate_writes_metrics_and_one_table(tiny_checkpoint_dir, compose, tmp_path, capsys):
+    cfg = compose("eval-spatial", ["experiment=tiny", "model.device=cpu", "max_new_tokens=4", "batch_size=3",
+                                   f"+checkpoints.untuned_again={tiny_checkpoint_dir}", "checkpoints.model=tiny"])
+    result = evaluate(cfg, eval_samples(), tmp_path)
+    printed = capsys.readouterr().out
+    assert printed.strip() == result["table"]
+    header = printed.splitlines()[0]
+    assert header == "| skill | n | metric | chance | model | untuned_again |"
+    assert "| depth_comparison | 2 | accuracy | 0.500 |" in printed and "| bbox3d | 1 | mean IoU | 0.787 |" in printed
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert set(saved["checkpoints"]) == {"model", "untuned_again"} and saved["n_samples"] == 5
+    # The same weights answer the same way.
+    assert saved["checkpoints"]["model"]["skills"] == saved["checkpoints"]["untuned_again"]["skills"]
+    assert (tmp_path / "metrics.md").read_text().count("| skill |") == 1
+
+
+def test_render_table_marks_missing_values():
+    results = {"a": {"skills": {"s": {"mode": "numeric", "n": 1, "metric": "MRA", "value": 0.5, "chance": float("nan")}},
+                     "format_rate": 1.0}}
+    assert "| s | 1 | MRA | - | 0.500 |" in render_table(results)

@@ -1,0 +1,134 @@
+"""`vst-vla rl`: TRL GRPOTrainer with VST rewards and DAPO filtering, on the tiny backbone."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from spatial_tuning.grpo import DapoGRPOTrainer, grpo_config, make_reward_funcs, reward_trend, rl_dataset, rl_rows, \
+    train_rl, vllm_usable
+from spatial_tuning.sample import SpatialSample
+from vst_vla.backbone import load_backbone
+
+
+def _png(color) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (56, 56), color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def rl_samples(n: int = 4) -> list[SpatialSample]:
+    """Rule-checkable samples (multiple choice and numeric), plus one video and one open-ended sample."""
+    samples = []
+    for i in range(n):
+        letter = "AB"[i % 2]
+        samples.append(SpatialSample(
+            f"mc{i}", [{"from": "human", "value": "<image>Which is closer? (A) red box (B) blue ball"},
+                       {"from": "gpt", "value": f"<think>depth</think> {letter}"}],
+            images=[_png((255 * (i % 2), 0, 0))], type="depth_comparison_thought",
+            meta_info={"skill": "depth_comparison", "mode": "multiple_choice", "answer": letter,
+                       "options": ["red box", "blue ball"]}))
+    samples.append(SpatialSample("num", [{"from": "human", "value": "<image>How far is the box?"},
+                                         {"from": "gpt", "value": "<think>x</think> 2 m"}],
+                                 images=[_png((0, 9, 0))], type="distance_thought",
+                                 meta_info={"skill": "distance", "mode": "numeric", "answer": 2.0, "unit": "m"}))
+    samples.append(SpatialSample("vid", [{"from": "human", "value": "<video>How far?"}, {"from": "gpt", "value": "1"}],
+                                 videos=[[_png((0, 0, 0))] * 2], type="distance",
+                                 meta_info={"skill": "distance", "mode": "numeric", "answer": 1.0}))
+    samples.append(SpatialSample("cap", [{"from": "human", "value": "<image>Describe."}, {"from": "gpt", "value": "a box"}],
+                                 images=[_png((1, 1, 1))], type="caption", meta_info={"skill": "caption"}))
+    return samples
+
+
+def _cfg(compose, *overrides):
+    return compose("rl", ["experiment=tiny", "model.device=cpu", "grpo.report_to=[]", "grpo.max_completion_length=8",
+                          "grpo.num_generations=2", "grpo.per_device_train_batch_size=4", *overrides])
+
+
+def test_rows_keep_rule_checkable_image_samples():
+    rows = rl_rows(rl_samples(2), think=True)
+    assert [json.loads(r["meta_info"])["mode"] for r in rows] == ["multiple_choice", "multiple_choice", "numeric"]
+    assert rows[0]["prompt"][0]["content"][0]["text"].startswith("You are a helpful assistant. You first think")
+    assert rows[0]["prompt"][1]["content"][0]["type"] == "image" and len(rows[0]["images"]) == 1
+    plain = rl_rows(rl_samples(1), think=False)
+    assert plain[0]["prompt"][0]["content"][0]["text"] == "You are a helpful assistant." and not plain[0]["think"]
+    assert rl_rows(rl_samples(1), think=None)[0]["think"]  # per sample: its type contains "thought"
+    with pytest.raises(ValueError, match="no rule-checkable"):
+        rl_rows(rl_samples(0)[-1:])
+
+
+def test_reward_functions_in_trl_signature():
+    accuracy, fmt = make_reward_funcs()
+    assert (accuracy.__name__, fmt.__name__) == ("accuracy", "format")
+    meta = json.dumps({"mode": "multiple_choice", "answer": "B"})
+    completions = [[{"role": "assistant", "content": "<think>x</think> B"}], [{"role": "assistant", "content": "A"}]]
+    assert accuracy(prompts=[None] * 2, completions=completions, meta_info=[meta] * 2) == [1.0, 0.0]
+    assert fmt(prompts=[None] * 2, completions=completions) == [1.0, 0.0]
+    assert make_reward_funcs(require_think=False)[1](prompts=[None] * 2, completions=completions) == [0.0, 1.0]
+    assert fmt(prompts=[None] * 2, completions=completions, think=[False, False]) == [0.0, 1.0]
+
+
+def test_vllm_only_with_vllm_and_gpu():
+    if torch.cuda.is_available():
+        pytest.skip("checks the CPU fallback")
+    assert vllm_usable("auto") is False and vllm_usable(False) is False
+    with pytest.raises(RuntimeError, match="vllm"):
+        vllm_usable(True)
+
+
+def test_config_maps_the_paper_settings(compose, tmp_path):
+    args = grpo_config(_cfg(compose, "grpo.beta=0.04", "grpo.loss_type=grpo"), tmp_path)
+    assert (args.epsilon, args.epsilon_high, args.beta, args.loss_type) == (0.2, 0.28, 0.04, "grpo")
+    assert args.reward_weights == [0.5, 0.5] and args.temperature == 1.0 and not args.bf16 and not args.use_vllm
+
+
+def test_two_step_run_saves_a_loadable_checkpoint(compose, tmp_path):
+    summary = train_rl(_cfg(compose, "grpo.max_steps=2"), rl_samples(4), tmp_path)
+    assert summary["steps"] == 2 and summary["reward_first_20pct"] >= 0
+    log = [json.loads(line) for line in (tmp_path / "rl_log.jsonl").read_text().splitlines()]
+    assert len(log) == 2
+    for key in ("reward", "rewards/accuracy/mean", "rewards/format/mean", "completions/mean_length",
+                "dapo/kept_group_frac"):
+        assert key in log[0], key
+    model, _ = load_backbone({"source": str(tmp_path / "checkpoint-final"), "device": "cpu"})
+    assert model.config.model_type == "qwen2_5_vl"
+    assert json.loads((tmp_path / "rl_summary.json").read_text())["steps"] == 2
+
+
+def test_kl_on_and_think_prompt_off(compose, tmp_path):
+    summary = train_rl(_cfg(compose, "grpo.max_steps=1", "grpo.beta=0.04", "think=false", "grpo.dapo_filter=false"),
+                       rl_samples(2), tmp_path)
+    log = json.loads((tmp_path / "rl_log.jsonl").read_text().splitlines()[0])
+    assert summary["steps"] == 1 and "kl" in log and "dapo/kept_group_frac" not in log
+
+
+def _length_reward(prompts, completions, **kwargs):
+    return [len(c[0]["content"]) / 10 for c in completions]
+
+
+def _constant_accuracy(prompts, completions, **kwargs):
+    return [1.0] * len(completions)
+
+
+@pytest.mark.parametrize("dapo_filter", [True, False])
+def test_dapo_filter_drops_groups_with_equal_accuracy(compose, tmp_path, dapo_filter):
+    # Accuracy is the same within every group while the second reward varies: DAPO drops every group.
+    cfg = _cfg(compose, "grpo.temperature=1.0", "grpo.max_completion_length=6")
+    model, processor = load_backbone({"source": "tiny", "device": "cpu"})
+    trainer = DapoGRPOTrainer(model=model, processing_class=processor, args=grpo_config(cfg, tmp_path),
+                              train_dataset=rl_dataset(rl_samples(2)), dapo_filter=dapo_filter,
+                              reward_funcs=[_constant_accuracy, _length_reward])
+    trainer.model.train()
+    dataset = trainer.train_dataset
+    batch = [dataset[i] for i in (0, 0, 1, 1)]
+    torch.manual_seed(0)
+    out = trainer._generate_and_score_completions(batch)
+    if dapo_filter:
+        assert out["completion_mask"].sum() == 0 and torch.all(out["advantages"] == 0)
+        assert trainer._metrics["train"]["dapo/kept_group_frac"] == [0.0]
+    else:
+        assert out["completion_mask"].sum() > 0 and torch.any(out["advantages"] != 0)

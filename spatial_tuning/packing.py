@@ -1,0 +1,152 @@
+"""Packing multimodal SFT samples: group samples into sequences up to a token budget, no padding.
+
+A packed batch is one row holding several samples back to back. Each sample keeps its own positions: row 0 of the
+`[4, 1, L]` `position_ids` restarts at 0 per sample (transformers reads the restarts as sequence boundaries and
+builds a block-diagonal causal mask, or flash-attention varlen on GPU), rows 1-3 are the sample's 3-D mrope
+positions from the model's own `get_rope_index`. With `attention_mask=None` and `use_cache=False` this matches
+running the samples one by one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import Dataset
+
+from spatial_tuning.sample import SpatialSample
+from spatial_tuning.sft_tokenize import IGNORE_INDEX, encode_sample
+
+log = logging.getLogger(__name__)
+
+_VISION_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
+
+
+def pack_samples(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
+    """Group sample indices into packs of at most `max_tokens` tokens (first-fit decreasing).
+
+    A sample longer than `max_tokens` gets a pack of its own (it is never cut: cutting would drop image tokens).
+    Packs come back in a deterministic order; indices inside a pack are in ascending order.
+    """
+    if max_tokens <= 0:
+        raise ValueError(f"max_tokens_per_pack must be positive, got {max_tokens}")
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    packs: list[list[int]] = []
+    room: list[int] = []
+    for i in order:
+        n = lengths[i]
+        slot = next((p for p, free in enumerate(room) if free >= n), None)
+        if slot is None:
+            if n > max_tokens:
+                log.warning("sample %d has %d tokens, more than max_tokens_per_pack=%d: it is packed alone",
+                            i, n, max_tokens)
+            packs.append([i])
+            room.append(max_tokens - n)
+        else:
+            packs[slot].append(i)
+            room[slot] -= n
+    return [sorted(p) for p in packs]
+
+
+class MropePositions:
+    """Per-sample 3-D rope positions, computed by the model class's own `get_rope_index` from its config.
+
+    Holds only the config (not the weights), so data-loader workers can carry it cheaply.
+    """
+
+    def __init__(self, model) -> None:
+        inner = getattr(model, "model", model)
+        self.config = inner.config
+        # Borrow the model's functions so positions follow whatever transformers does for this architecture.
+        cls = type(inner)
+        self._rope_index = cls.get_rope_index
+        self._vision_positions = cls.get_vision_position_ids
+
+    def get_vision_position_ids(self, *args, **kwargs) -> torch.Tensor:
+        return self._vision_positions(self, *args, **kwargs)
+
+    def __call__(self, encoded: dict[str, torch.Tensor]) -> torch.Tensor:
+        """`[3, L]` mrope positions of one encoded sample."""
+        positions, _ = self._rope_index(
+            self, encoded["input_ids"][None], mm_token_type_ids=encoded["mm_token_type_ids"][None],
+            image_grid_thw=encoded.get("image_grid_thw"), video_grid_thw=encoded.get("video_grid_thw"),
+            second_per_grid_ts=encoded.get("second_per_grid_ts"))
+        return positions[:, 0]
+
+
+class SFTDataset(Dataset):
+    """Encodes samples on access; with `packs` each item is one pack (a list of encoded samples)."""
+
+    def __init__(self, samples: Sequence[SpatialSample], processor, packs: list[list[int]] | None = None) -> None:
+        self.samples = list(samples)
+        self.processor = processor
+        self.packs = packs if packs is not None else [[i] for i in range(len(self.samples))]
+
+    def __len__(self) -> int:
+        return len(self.packs)
+
+    def __getitem__(self, index: int) -> list[dict[str, torch.Tensor]]:
+        return [encode_sample(self.samples[i], self.processor) for i in self.packs[index]]
+
+
+def _concat_vision(encoded: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    out = {}
+    for key in _VISION_KEYS:
+        parts = [e[key] for e in encoded if key in e]
+        if parts:
+            out[key] = torch.cat(parts, dim=0)
+    return out
+
+
+@dataclass
+class PackedCollator:
+    """Concatenates every sample of every pack in the batch into one row with per-sample positions."""
+
+    positions: Callable[[dict[str, torch.Tensor]], torch.Tensor]
+
+    def __call__(self, batch: list[list[dict[str, torch.Tensor]]]) -> dict[str, object]:
+        encoded = [e for pack in batch for e in pack]
+        for e in encoded:
+            # Each sample's first token must be unsupervised, so the shifted loss never predicts across samples.
+            if e["labels"][0] != IGNORE_INDEX:
+                raise ValueError("a packed sample's first label must be ignored (it would be predicted from the "
+                                 "previous sample)")
+        text = [torch.arange(e["input_ids"].numel()) for e in encoded]
+        mrope = [self.positions(e) for e in encoded]
+        position_ids = torch.cat([torch.cat(text)[None], torch.cat(mrope, dim=1)], dim=0)[:, None, :]
+        return {
+            "input_ids": torch.cat([e["input_ids"] for e in encoded])[None],
+            "labels": torch.cat([e["labels"] for e in encoded])[None],
+            # No attention_mask: with restarting positions that means block-diagonal (varlen) attention.
+            "position_ids": position_ids,
+            "use_cache": False,  # with a cache the packed mask is silently skipped
+            **_concat_vision(encoded),
+        }
+
+
+@dataclass
+class PaddedCollator:
+    """Right-pads samples into a `[B, L]` batch (the `packing=false` baseline)."""
+
+    pad_token_id: int
+
+    def __call__(self, batch: list[list[dict[str, torch.Tensor]]]) -> dict[str, object]:
+        encoded = [e for pack in batch for e in pack]
+        length = max(e["input_ids"].numel() for e in encoded)
+
+        def pad(key: str, value: int) -> torch.Tensor:
+            return torch.stack([torch.nn.functional.pad(e[key], (0, length - e[key].numel()), value=value)
+                                for e in encoded])
+
+        mask = torch.stack([(torch.arange(length) < e["input_ids"].numel()).long() for e in encoded])
+        return {"input_ids": pad("input_ids", self.pad_token_id), "labels": pad("labels", IGNORE_INDEX),
+                "mm_token_type_ids": pad("mm_token_type_ids", 0), "attention_mask": mask, "use_cache": False,
+                **_concat_vision(encoded)}
+
+
+def real_token_count(batch: dict[str, object]) -> int:
+    """Non-padding tokens in a collated batch."""
+    mask = batch.get("attention_mask")
+    return int(mask.sum()) if isinstance(mask, torch.Tensor) else int(batch["input_ids"].numel())

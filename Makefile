@@ -31,7 +31,7 @@ $(ROBOT_STAMP):
 	@if [ -z "$(PYTHON312)" ]; then echo "error: python3.12 not found (install Python 3.12 or set PYTHON312=/path/to/python3.12)" >&2; exit 1; fi
 	@test -x $(ROBOT_VENV)/bin/python || $(PYTHON312) -m venv $(ROBOT_VENV)
 	$(ROBOT_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(ROBOT_VENV)/bin/python -m pip install --quiet 'openpi-client==0.1.2' 'numpy<2' 'msgpack>=1.0.5' 'websockets>=11' 'dm-tree>=0.1.8'
+	$(ROBOT_VENV)/bin/python -m pip install --quiet 'openpi-client==0.1.2' 'numpy<2' 'msgpack>=1.0.5' 'websockets>=11' 'dm-tree>=0.1.8' 'typing-extensions>=4'
 	@touch $(ROBOT_STAMP)
 
 robot-venv: $(ROBOT_STAMP)

@@ -58,7 +58,7 @@ class ActionLimits:
 
     @classmethod
     def from_stats(cls, stats: Mapping[str, Any], margin: float = 0.05,
-                   max_delta_fraction: float | None = 0.5, names: Sequence[str] = ()) -> "ActionLimits":
+                   max_delta_fraction: float | None = 0.5, names: Sequence[str] = ()) -> ActionLimits:
         """Bounds from the dataset's action min/max widened by `margin` of the range on each side.
 
         `max_delta_fraction` sets the per-step change limit as that fraction of the widened range.
@@ -74,12 +74,12 @@ class ActionLimits:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain lists and numbers (JSON and msgpack friendly)."""
-        as_list = lambda a: None if a is None else [float(x) for x in a]  # noqa: E731
+        as_list = lambda a: None if a is None else [float(x) for x in a]
         return {"action_dim": self.action_dim, "low": as_list(self.low), "high": as_list(self.high),
                 "max_delta": as_list(self.max_delta), "names": list(self.names)}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "ActionLimits":
+    def from_dict(cls, data: Mapping[str, Any]) -> ActionLimits:
         """Inverse of `to_dict`; raises `LimitsError` naming a missing field."""
         if "action_dim" not in data:
             raise LimitsError("action limits need 'action_dim'")
@@ -91,7 +91,7 @@ class ActionLimits:
         return write_json(path, self.to_dict())
 
     @classmethod
-    def load(cls, path: str | Path) -> "ActionLimits":
+    def load(cls, path: str | Path) -> ActionLimits:
         """Read limits written by `save`; the error names the file when it is malformed."""
         try:
             return cls.from_dict(json.loads(Path(path).read_text()))

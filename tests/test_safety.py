@@ -9,7 +9,7 @@ from policies.safety import ActionLimits, LimitsError, SafetyFilter
 
 
 def _limits(**kw) -> ActionLimits:
-    base = dict(action_dim=3, low=[-1.0, -1.0, 0.0], high=[1.0, 1.0, 0.5], max_delta=[0.25, 0.25, 1.0])
+    base = {"action_dim": 3, "low": [-1.0, -1.0, 0.0], "high": [1.0, 1.0, 0.5], "max_delta": [0.25, 0.25, 1.0]}
     return ActionLimits(**{**base, **kw})
 
 
@@ -69,9 +69,9 @@ def test_limits_from_stats_and_file_round_trip(tmp_path):
 
 
 @pytest.mark.parametrize(("kw", "match"), [
-    (dict(low=[0.0, 0.0, 1.0]), r"low\[2\].*above high\[2\]"),
-    (dict(high=[1.0, 1.0]), "'high' has shape \\[2\\], expected \\[3\\]"),
-    (dict(max_delta=[0.1, 0.0, 0.1]), "max_delta.*positive"),
+    ({"low": [0.0, 0.0, 1.0]}, r"low\[2\].*above high\[2\]"),
+    ({"high": [1.0, 1.0]}, "'high' has shape \\[2\\], expected \\[3\\]"),
+    ({"max_delta": [0.1, 0.0, 0.1]}, "max_delta.*positive"),
 ])
 def test_inconsistent_limits_raise(kw, match):
     with pytest.raises(LimitsError, match=match):

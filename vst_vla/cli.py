@@ -26,6 +26,8 @@ class Command:
 COMMANDS: dict[str, Command] = {
     "info": Command("vst_vla.info:run", "versions, device, attention and the MuJoCo renderer that works"),
     "demo": Command("vst_vla.demo:run", "the main job on the embedded default (tiny backbone)"),
+    "export": Command("policies.export:run", "a trained policy -> a self-contained bundle (safetensors, limits, card)"),
+    "serve": Command("policies.serving.app:run", "serve a bundle to robots over openpi's websocket protocol (openpi-client)"),
     "sft": Command("spatial_tuning.sft:run", "packed multimodal SFT of the backbone on VST data (CoT cold start, LoRA, DDP)"),
     "rl": Command("spatial_tuning.grpo:run", "GRPO/DAPO with VST rewards through TRL, from an SFT checkpoint"),
     "eval-spatial": Command("spatial_tuning.eval_spatial:run", "checkpoints side by side per skill vs chance (MC, MRA, AP@15)"),

@@ -1,0 +1,52 @@
+"""`vst-vla serve bundle=...`: load an export bundle and serve it over openpi's websocket protocol."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from policies.serving.server import PolicyServer, ServerConfig
+
+log = logging.getLogger(__name__)
+
+
+def server_config(cfg: DictConfig | dict[str, Any], device: str = "cpu") -> ServerConfig:
+    """`ServerConfig` from the `server:` node of `configs/serve.yaml`."""
+    values = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    unknown = sorted(set(values) - set(ServerConfig.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"unknown server option(s) {unknown}; known: {sorted(ServerConfig.__dataclass_fields__)}")
+    return ServerConfig(**{**values, "device": device})
+
+
+def build_server(bundle_path: str, cfg: DictConfig | dict[str, Any], device: str = "cpu",
+                 verify: bool = True) -> PolicyServer:
+    """A `PolicyServer` for the bundle at `bundle_path` (not yet listening)."""
+    from policies.export import load_bundle
+
+    bundle = load_bundle(bundle_path, device=device, verify=verify)
+    card = {"bundle": str(bundle.path), "policy": bundle.manifest.get("policy", {}),
+            "created": bundle.manifest.get("created")}
+    return PolicyServer(bundle.policy, bundle.spec, bundle.limits, bundle.n_action_steps,
+                        server_config(cfg, device), metadata=card)
+
+
+def run(cfg: DictConfig) -> None:
+    """Serve until interrupted."""
+    from vst_vla.hydra_run import setup_torch
+    from vst_vla.runtime import resolve_device
+
+    setup_torch(cfg)
+    if not cfg.get("bundle"):
+        raise ValueError("bundle is not set: vst-vla serve bundle=/path/to/bundle (from `vst-vla export`)")
+    device = str(resolve_device(cfg.get("device", "cpu")))
+    server = build_server(str(cfg.bundle), cfg.server, device=device, verify=bool(cfg.get("verify", True)))
+    if server.config.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("binding %s: the policy is reachable from the network%s", server.config.host,
+                    "" if server.config.api_key else " WITHOUT authentication (set server.api_key)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        log.info("stopped")

@@ -1,0 +1,150 @@
+"""What a robot sends: the observation spec, request validation, and the conversion to a LeRobot batch.
+
+A request is one msgpack-numpy map (openpi's policy protocol): one uint8 `[H, W, 3]` image per camera under
+its LeRobot feature name (`observation.images.<camera>`), the proprioceptive state as a float vector under
+`observation.state` (when the policy uses one), the instruction under `prompt`, and optionally `reset: true`
+to start a new episode. Anything else is refused with a message naming the key and what was expected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+PROMPT_KEY = "prompt"
+RESET_KEY = "reset"
+
+
+class ProtocolError(ValueError):
+    """A request the server refuses; the message (sent back to the client) names the problem."""
+
+
+def _feature_type(feature: Any) -> str:
+    kind = feature["type"] if isinstance(feature, Mapping) else feature.type
+    return str(getattr(kind, "value", kind)).upper()
+
+
+def _feature_shape(feature: Any) -> tuple[int, ...]:
+    return tuple(int(n) for n in (feature["shape"] if isinstance(feature, Mapping) else feature.shape))
+
+
+@dataclass(frozen=True)
+class ObservationSpec:
+    """The keys, shapes and dtypes a request must carry (sent to every client in the connect metadata)."""
+
+    cameras: Mapping[str, tuple[int, int]]  # LeRobot image key -> (height, width)
+    state_key: str | None = None
+    state_dim: int = 0
+    prompt_key: str = PROMPT_KEY
+    extra_optional: Sequence[str] = field(default=(RESET_KEY,))
+
+    @classmethod
+    def from_features(cls, input_features: Mapping[str, Any]) -> ObservationSpec:
+        """Build from a LeRobot policy config's `input_features` (VISUAL `[3, H, W]`, STATE `[D]`)."""
+        cameras: dict[str, tuple[int, int]] = {}
+        state_key, state_dim = None, 0
+        for key, feature in input_features.items():
+            kind, shape = _feature_type(feature), _feature_shape(feature)
+            if kind == "VISUAL":
+                if len(shape) != 3 or shape[0] != 3:
+                    raise ProtocolError(f"visual feature {key!r} has shape {list(shape)}, expected [3, H, W]")
+                cameras[key] = (shape[1], shape[2])
+            elif kind == "STATE":
+                state_key, state_dim = key, int(np.prod(shape))
+        if not cameras:
+            raise ProtocolError(f"the policy has no visual input feature (features: {sorted(input_features)})")
+        return cls(cameras=cameras, state_key=state_key, state_dim=state_dim)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The spec as plain data: what the robot must send, for the connect metadata and the bundle."""
+        keys: dict[str, Any] = {k: {"shape": [h, w, 3], "dtype": "uint8"} for k, (h, w) in self.cameras.items()}
+        if self.state_key:
+            keys[self.state_key] = {"shape": [self.state_dim], "dtype": "float32"}
+        keys[self.prompt_key] = {"type": "str"}
+        return {"required": keys, "optional": {k: {"type": "bool"} for k in self.extra_optional}}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ObservationSpec:
+        """Inverse of `to_dict`."""
+        cameras, state_key, state_dim, prompt_key = {}, None, 0, PROMPT_KEY
+        for key, entry in data["required"].items():
+            if entry.get("type") == "str":
+                prompt_key = key
+            elif entry.get("dtype") == "uint8":
+                cameras[key] = (int(entry["shape"][0]), int(entry["shape"][1]))
+            else:
+                state_key, state_dim = key, int(entry["shape"][0])
+        return cls(cameras=cameras, state_key=state_key, state_dim=state_dim, prompt_key=prompt_key,
+                   extra_optional=tuple(data.get("optional", {})))
+
+
+@dataclass
+class Observation:
+    """One validated request: images uint8 `[H, W, 3]`, state float32 `[D]` or None, prompt, reset flag."""
+
+    images: dict[str, np.ndarray]
+    state: np.ndarray | None
+    prompt: str
+    reset: bool = False
+
+
+def _check_image(key: str, value: Any, size: tuple[int, int]) -> np.ndarray:
+    if not isinstance(value, np.ndarray):
+        raise ProtocolError(f"key {key!r}: expected a uint8 array of shape [{size[0]}, {size[1]}, 3], "
+                            f"got {type(value).__name__}")
+    if value.dtype != np.uint8:
+        raise ProtocolError(f"key {key!r}: wrong dtype {value.dtype}, expected uint8")
+    if value.shape != (*size, 3):
+        raise ProtocolError(f"key {key!r}: wrong shape {list(value.shape)}, expected [{size[0]}, {size[1]}, 3]")
+    return value
+
+
+def _check_state(key: str, value: Any, dim: int) -> np.ndarray:
+    if not isinstance(value, np.ndarray):
+        raise ProtocolError(f"key {key!r}: expected a float array of shape [{dim}], got {type(value).__name__}")
+    if value.dtype.kind != "f":
+        raise ProtocolError(f"key {key!r}: wrong dtype {value.dtype}, expected a float dtype (float32)")
+    if value.shape != (dim,):
+        raise ProtocolError(f"key {key!r}: wrong shape {list(value.shape)}, expected [{dim}]")
+    if not np.isfinite(value).all():
+        raise ProtocolError(f"key {key!r}: contains NaN or infinity")
+    return value.astype(np.float32)
+
+
+def validate_observation(obs: Any, spec: ObservationSpec) -> Observation:
+    """Check a decoded request against `spec`; raise `ProtocolError` naming the first problem."""
+    if not isinstance(obs, Mapping):
+        raise ProtocolError(f"the request must be a map of observation keys, got {type(obs).__name__}")
+    required = [*spec.cameras, *([spec.state_key] if spec.state_key else []), spec.prompt_key]
+    unknown = sorted(set(obs) - set(required) - set(spec.extra_optional), key=str)
+    if unknown:
+        raise ProtocolError(f"unknown key(s) {unknown}; expected {required} (optional: {list(spec.extra_optional)})")
+    missing = [key for key in required if key not in obs]
+    if missing:
+        raise ProtocolError(f"missing key(s) {missing}; expected {required}")
+    images = {key: _check_image(key, obs[key], size) for key, size in spec.cameras.items()}
+    state = _check_state(spec.state_key, obs[spec.state_key], spec.state_dim) if spec.state_key else None
+    prompt = obs[spec.prompt_key]
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ProtocolError(f"key {spec.prompt_key!r}: expected a non-empty string, got {prompt!r:.60}")
+    reset = obs.get(RESET_KEY, False)
+    if not isinstance(reset, (bool, np.bool_)):
+        raise ProtocolError(f"key {RESET_KEY!r}: expected a bool, got {type(reset).__name__}")
+    return Observation(images=images, state=state, prompt=prompt, reset=bool(reset))
+
+
+def to_batch(observations: Sequence[Observation], spec: ObservationSpec,
+             device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Stack observations into a raw LeRobot batch: float images `[B, 3, H, W]` in [0, 1], state, task."""
+    batch: dict[str, Any] = {}
+    for key in spec.cameras:
+        pixels = np.stack([o.images[key] for o in observations])  # [B, H, W, 3] uint8
+        batch[key] = torch.from_numpy(pixels).to(device).permute(0, 3, 1, 2).float().div_(255.0)
+    if spec.state_key:
+        batch[spec.state_key] = torch.from_numpy(np.stack([o.state for o in observations])).to(device)
+    batch["task"] = [o.prompt for o in observations]
+    return batch

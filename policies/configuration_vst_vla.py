@@ -76,6 +76,8 @@ class VSTVLAConfig(PreTrainedConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        # A shipped head given by import path (Hydra's `_target_`) is stored under its short name.
+        self.head = {target: name for name, target in HEAD_TARGETS.items()}.get(self.head, self.head)
         if self.head == "tokens" and (self.chunk_size != 1 or self.n_action_steps != 1):
             # The paper's head decodes one action per step, without chunking.
             self.chunk_size, self.n_action_steps = 1, 1
@@ -92,6 +94,14 @@ class VSTVLAConfig(PreTrainedConfig):
     def head_target(self) -> str:
         """Import path of the head class."""
         return HEAD_TARGETS.get(self.head, self.head)
+
+    def to_json_string(self) -> str:
+        """The config as JSON; transformers' logging integrations (TensorBoard) call this on `model.config`."""
+        import json
+
+        import draccus
+
+        return json.dumps(draccus.encode(self, PreTrainedConfig), indent=2)
 
     def validate_features(self) -> None:
         if not self.image_features:

@@ -31,6 +31,7 @@ COMMANDS: dict[str, Command] = {
     "sft": Command("spatial_tuning.sft:run", "packed multimodal SFT of the backbone on VST data (CoT cold start, LoRA, DDP)"),
     "rl": Command("spatial_tuning.grpo:run", "GRPO/DAPO with VST rewards through TRL, from an SFT checkpoint"),
     "eval-spatial": Command("spatial_tuning.eval_spatial:run", "checkpoints side by side per skill vs chance (MC, MRA, AP@15)"),
+    "vla": Command("policies.train:run", "train the VLA policy (tokens | l1_chunk | flow head) on a LeRobot dataset"),
 }
 
 

@@ -70,8 +70,8 @@ class ChunkBatcher:
         self.batches = 0
         self.batched_requests = 0
 
-    async def predict(self, observation: Observation) -> np.ndarray:
-        """The `[H, D]` chunk the policy predicts for one observation."""
+    async def predict(self, observation: Observation) -> tuple[np.ndarray, int]:
+        """The `[H, D]` chunk the policy predicts for one observation, and the size of the batch it ran in."""
         future: asyncio.Future = asyncio.get_running_loop().create_future()
         await self._queue.put((observation, future))
         return await future
@@ -102,7 +102,7 @@ class ChunkBatcher:
             self.batched_requests += len(items)
             for (_, future), chunk in zip(items, chunks, strict=True):
                 if not future.done():  # its client may have gone away
-                    future.set_result(chunk)
+                    future.set_result((chunk, len(items)))
 
     def close(self) -> None:
         """Stop the inference thread (after the current batch)."""
@@ -168,11 +168,13 @@ class PolicyServer:
         observation = validate_observation(decoded, self.spec)
         if observation.reset:
             session.reset()
-        predicted = session.needs_chunk()
-        if predicted:
-            session.push_chunk(await self._batcher.predict(observation))
+        batch_size = 0  # 0: served from this connection's queue, no policy call
+        if session.needs_chunk():
+            chunk, batch_size = await self._batcher.predict(observation)
+            session.push_chunk(chunk)
         actions, report = session.take()
-        return {"actions": actions, "safety": report.to_dict(), "predicted": predicted}
+        return {"actions": actions, "safety": report.to_dict(), "predicted": batch_size > 0,
+                "batch_size": batch_size}
 
     async def _handler(self, websocket: ws_server.ServerConnection) -> None:
         self.stats.connections += 1

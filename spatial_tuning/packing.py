@@ -102,28 +102,48 @@ def _concat_vision(encoded: list[dict[str, torch.Tensor]]) -> dict[str, torch.Te
 
 @dataclass
 class PackedCollator:
-    """Concatenates every sample of every pack in the batch into one row with per-sample positions."""
+    """Builds a packed batch with per-sample positions from a list of packs.
+
+    `one_row=True` (flash-attention varlen) puts every sample of the batch in a single row: no padding at all.
+    `one_row=False` (sdpa, eager) makes one row per pack, padded to the longest pack: the dense block-diagonal
+    mask then costs (pack length)^2 per row instead of (batch tokens)^2.
+    """
 
     positions: Callable[[dict[str, torch.Tensor]], torch.Tensor]
+    pad_token_id: int = 0
+    one_row: bool = True
 
     def __call__(self, batch: list[list[dict[str, torch.Tensor]]]) -> dict[str, object]:
-        encoded = [e for pack in batch for e in pack]
+        rows = [[e for pack in batch for e in pack]] if self.one_row else batch
+        built = [self._row(row) for row in rows]
+        length = max(ids.numel() for ids, _, _ in built)
+        input_ids, labels, positions = [], [], []
+        for ids, row_labels, row_positions in built:
+            pad = length - ids.numel()
+            input_ids.append(torch.nn.functional.pad(ids, (0, pad), value=self.pad_token_id))
+            labels.append(torch.nn.functional.pad(row_labels, (0, pad), value=IGNORE_INDEX))
+            # Padding forms its own segment (positions restart at 0): real tokens never attend to it.
+            positions.append(torch.cat([row_positions, torch.arange(pad).expand(4, pad)], dim=1))
+        return {
+            "input_ids": torch.stack(input_ids),
+            "labels": torch.stack(labels),
+            # No attention_mask: with restarting positions that means block-diagonal (varlen) attention.
+            "position_ids": torch.stack(positions, dim=1),
+            "use_cache": False,  # with a cache the packed mask is silently skipped
+            **_concat_vision([e for row in rows for e in row]),
+        }
+
+    def _row(self, encoded: list[dict[str, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """input_ids, labels and `[4, L]` positions of samples laid back to back."""
         for e in encoded:
             # Each sample's first token must be unsupervised, so the shifted loss never predicts across samples.
             if e["labels"][0] != IGNORE_INDEX:
                 raise ValueError("a packed sample's first label must be ignored (it would be predicted from the "
                                  "previous sample)")
-        text = [torch.arange(e["input_ids"].numel()) for e in encoded]
-        mrope = [self.positions(e) for e in encoded]
-        position_ids = torch.cat([torch.cat(text)[None], torch.cat(mrope, dim=1)], dim=0)[:, None, :]
-        return {
-            "input_ids": torch.cat([e["input_ids"] for e in encoded])[None],
-            "labels": torch.cat([e["labels"] for e in encoded])[None],
-            # No attention_mask: with restarting positions that means block-diagonal (varlen) attention.
-            "position_ids": position_ids,
-            "use_cache": False,  # with a cache the packed mask is silently skipped
-            **_concat_vision(encoded),
-        }
+        text = torch.cat([torch.arange(e["input_ids"].numel()) for e in encoded])
+        mrope = torch.cat([self.positions(e) for e in encoded], dim=1)
+        return (torch.cat([e["input_ids"] for e in encoded]), torch.cat([e["labels"] for e in encoded]),
+                torch.cat([text[None], mrope], dim=0))
 
 
 @dataclass
@@ -144,9 +164,3 @@ class PaddedCollator:
         return {"input_ids": pad("input_ids", self.pad_token_id), "labels": pad("labels", IGNORE_INDEX),
                 "mm_token_type_ids": pad("mm_token_type_ids", 0), "attention_mask": mask, "use_cache": False,
                 **_concat_vision(encoded)}
-
-
-def real_token_count(batch: dict[str, object]) -> int:
-    """Non-padding tokens in a collated batch."""
-    mask = batch.get("attention_mask")
-    return int(mask.sum()) if isinstance(mask, torch.Tensor) else int(batch["input_ids"].numel())

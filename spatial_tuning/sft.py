@@ -62,7 +62,9 @@ def build_dataset(samples: Sequence[SpatialSample], counts: Sequence[int] | None
 def build_collator(model, processor, packing: bool):
     """The packed collator (per-sample mrope positions from the model) or the padded baseline."""
     if packing:
-        return PackedCollator(MropePositions(model))
+        # flash-attention varlen takes the whole batch as one row; the dense sdpa mask prefers a row per pack.
+        one_row = model.config._attn_implementation.startswith("flash")
+        return PackedCollator(MropePositions(model), processor.tokenizer.pad_token_id, one_row=one_row)
     return PaddedCollator(processor.tokenizer.pad_token_id)
 
 

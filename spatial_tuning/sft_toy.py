@@ -47,8 +47,10 @@ def toy_spatial_sample(index: int, rng: random.Random, image_size: int = 64, max
     question = "<image>\n" * n_images + f"{filler} In the last image, which square is further left, {a} or {b}?"
     answer = left
     if thought:
-        steps = " ".join(f"The {name} square is centred at x={x}." for name, x in sorted(last.items()))
-        answer = f"<think>{steps} Smaller x is further left.</think> {left}"
+        # The reasoning walks through every image (so its length grows with the image count, as real CoT varies).
+        steps = " ".join(f"In image {k + 1} the {name} square is centred at x={x}."
+                         for k, image_centres in enumerate(centres) for name, x in sorted(image_centres.items()))
+        answer = f"<think>{steps} Only the last image matters, and smaller x is further left.</think> {left}"
     return SpatialSample(id=f"toy-{index}", conversations=[{"from": "human", "value": question.strip()},
                                                            {"from": "gpt", "value": answer}],
                          images=list(images), type="relation_thought" if thought else "relation",

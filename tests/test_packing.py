@@ -103,6 +103,11 @@ def test_packed_loss_and_gradients_equal_unpacked(samples, tiny_backbone):
     collate = PackedCollator(MropePositions(model))
 
     packed_loss, packed_grads = _losses_and_grads(model, [collate([encoded])], num_items)
+    # A row per pack (the sdpa layout): rows of different lengths, the shorter one padded.
+    rows = PackedCollator(MropePositions(model), processor.tokenizer.pad_token_id, one_row=False)
+    rows_batch = rows([encoded[:2], encoded[2:]])
+    assert rows_batch["input_ids"].shape[0] == 2 and (rows_batch["input_ids"] == rows.pad_token_id).any()
+    rows_loss, rows_grads = _losses_and_grads(model, [rows_batch], num_items)
     one_by_one = [collate([[e]]) for e in encoded]
     single_loss, single_grads = _losses_and_grads(model, one_by_one, num_items)
     padded = PaddedCollator(processor.tokenizer.pad_token_id)([[e] for e in encoded])
@@ -117,11 +122,13 @@ def test_packed_loss_and_gradients_equal_unpacked(samples, tiny_backbone):
         reference /= num_items
 
     assert packed_loss == pytest.approx(reference, abs=1e-4)
+    assert rows_loss == pytest.approx(reference, abs=1e-4)
     assert single_loss == pytest.approx(reference, abs=1e-4)
     assert padded_loss == pytest.approx(reference, abs=1e-4)
     assert packed_grads.keys() == single_grads.keys() and len(packed_grads) > 10
     for name, grad in packed_grads.items():
         torch.testing.assert_close(grad, single_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+        torch.testing.assert_close(rows_grads[name], single_grads[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
 def test_packed_positions_restart_per_sample(samples, tiny_backbone):

@@ -158,6 +158,9 @@ def export_bundle(policy_dir: str | Path, out_dir: str | Path, cfg: DictConfig |
     stats = collect_stats(loaded)
     limits = derive_limits(stats, cfg.get("limits") or {}, int(loaded.action_dim))
     card_cfg = OmegaConf.to_container(cfg.get("card") or OmegaConf.create({}), resolve=True)
+    training_run = policy_dir.parent / "train_metrics.json"  # written next to policy/ by `vst-vla vla`
+    if training_run.is_file():
+        card_cfg.setdefault("training_run", json.loads(training_run.read_text()))
     eval_results = _read_optional_json(card_cfg.get("eval_results"), "evaluation results")
     summary = _policy_summary(loaded, spec)
     with atomic_directory(out_dir, overwrite=bool(cfg.get("overwrite", False))) as tmp:
@@ -209,14 +212,13 @@ def load_bundle(path: str | Path, device: str = "cpu", verify: bool = True) -> B
 
 
 def run(cfg: DictConfig) -> Path:
-    """`vst-vla export policy_dir=... [output_dir=...]`: write the bundle and load it back once."""
+    """`vst-vla export policy_path=... [output_dir=...]`: write `<output_dir>/bundle` and load it back once."""
     from vst_vla.hydra_run import resolve_out, setup_torch
 
     setup_torch(cfg)
-    if not cfg.get("policy_dir"):
-        raise BundleError("policy_dir is not set: vst-vla export policy_dir=/path/to/trained/policy")
-    out = Path(cfg.output_dir) if cfg.get("output_dir") else resolve_out(cfg) / "bundle"
-    bundle_dir = export_bundle(cfg.policy_dir, out, cfg)
+    if not cfg.get("policy_path"):
+        raise BundleError("policy_path is not set: vst-vla export policy_path=/path/to/trained/policy")
+    bundle_dir = export_bundle(cfg.policy_path, resolve_out(cfg, "output_dir") / "bundle", cfg)
     if cfg.get("verify", True):
         bundle = load_bundle(bundle_dir, device=str(cfg.get("device", "cpu")))
         log.info("bundle loads: head=%s action_dim=%d cameras=%s", bundle.manifest["policy"]["head"],

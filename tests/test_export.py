@@ -127,13 +127,24 @@ def test_export_then_load_in_a_fresh_directory_gives_the_same_actions(tmp_path, 
 
 @pytest.fixture(scope="module")
 def bundle_dir(tmp_path_factory, tiny_backbone) -> Path:
+    """A bundle written by the `vst-vla export` entry point with its shipped config and a few overrides."""
+    from hydra import compose, initialize_config_dir
+
+    from policies.export import run
+    from vst_vla.paths import config_dir
+
     root = tmp_path_factory.mktemp("bundle")
     policy_dir = _make_policy_dir(root / "policy", tiny_backbone)
     results = root / "eval.json"
     results.write_text(json.dumps({"task": "button-press-v3", "success_rate": 0.4, "episodes": 10}))
-    return export_bundle(policy_dir, root / "bundle", {
-        "limits": {"margin": 0.0, "max_delta_fraction": 0.25, "names": ["dx", "dy", "dz", "grip"]},
-        "card": {"robot": "test arm", "fps": 10, "training_data": "synthetic", "eval_results": str(results)}})
+    overrides = [f"policy_path={policy_dir}", f"output_dir={root / 'export'}", "limits.margin=0.0",
+                 "limits.max_delta_fraction=0.25", "limits.names=[dx,dy,dz,grip]", "card.robot=test arm",
+                 "card.fps=10", "card.training_data=synthetic", f"card.eval_results={results}"]
+    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir()), job_name="export"):
+        cfg = compose(config_name="export", overrides=overrides)
+    bundle = run(cfg)
+    assert bundle == root / "export" / "bundle"
+    return bundle
 
 
 def test_bundle_holds_weights_config_processor_stats_limits_spec_and_card(bundle_dir):

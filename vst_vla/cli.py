@@ -26,6 +26,7 @@ class Command:
 COMMANDS: dict[str, Command] = {
     "info": Command("vst_vla.info:run", "versions, device, attention and the MuJoCo renderer that works"),
     "demo": Command("vst_vla.demo:run", "the main job on the embedded default (tiny backbone)"),
+    "synth": Command("spatial_tuning.synth:run", "VST-P / VST-R parquet data from procedural MuJoCo scenes (exact 3D ground truth)"),
     "export": Command("policies.export:run", "a trained policy -> a self-contained bundle (safetensors, limits, card)"),
     "serve": Command("policies.serving.app:run", "serve a bundle to robots over openpi's websocket protocol (openpi-client)"),
     "sft": Command("spatial_tuning.sft:run", "packed multimodal SFT of the backbone on VST data (CoT cold start, LoRA, DDP)"),

@@ -1,0 +1,33 @@
+"""Name -> skill function, filled by the `@register` decorator in the skill modules."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from spatial_tuning.skills.base import SkillFn
+
+SKILLS: dict[str, SkillFn] = {}
+SCENARIO_OF: dict[str, str] = {}
+
+
+def register(name: str, scenario: str):
+    """Register a skill function under `name` (its scenario is recorded for reports)."""
+
+    def wrap(fn: SkillFn) -> SkillFn:
+        if name in SKILLS:
+            raise ValueError(f"skill {name!r} registered twice")
+        SKILLS[name], SCENARIO_OF[name] = fn, scenario
+        return fn
+
+    return wrap
+
+
+def select_skills(names: Iterable[str] | str | None = None) -> dict[str, SkillFn]:
+    """The skills named (None or "all": every registered skill), in registry order."""
+    if names is None or names == "all" or list(names) == ["all"]:
+        return dict(SKILLS)
+    names = [names] if isinstance(names, str) else list(names)
+    unknown = [n for n in names if n not in SKILLS]
+    if unknown:
+        raise KeyError(f"unknown skill(s) {unknown}; registered: {', '.join(SKILLS)}")
+    return {n: SKILLS[n] for n in SKILLS if n in names}

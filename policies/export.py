@@ -7,6 +7,7 @@ Bundle layout (written atomically, marked `_COMPLETE`):
     action_limits.json   per-dimension bounds and max change per step, enforced by `vst-vla serve`
     robot_spec.json      what the robot sends (camera keys and sizes, state width, prompt) and gets back
     README.md            the model card: training data, evaluation results, intended robot, limits
+    heads/               optional (`torchscript_heads=true`): TorchScript of a continuous head, checked vs PyTorch
     bundle.json          manifest: format, policy summary, package versions, sha256 of every file
 Weights are only ever read from safetensors; a policy directory holding pickled weights is refused.
 """
@@ -29,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from policies.model_card import render_model_card
 from policies.safety import ActionLimits
-from policies.serving.protocol import ObservationSpec
+from policies.serving.protocol import ObservationSpec, to_batch, validate_observation
 from vst_vla.atomic import atomic_directory, is_complete, write_json, write_text
 
 log = logging.getLogger(__name__)
@@ -171,13 +172,34 @@ def export_bundle(policy_dir: str | Path, out_dir: str | Path, cfg: DictConfig |
                                              "action_names": list(limits.names), "robot": card_cfg.get("robot"),
                                              "fps": card_cfg.get("fps")})
         write_text(tmp / "README.md", render_model_card(summary, limits, spec, card_cfg, eval_results))
+        torchscript = _export_torchscript(loaded, spec, tmp / "heads") if cfg.get("torchscript_heads") else None
         files = {p.relative_to(tmp).as_posix(): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
         write_json(tmp / "bundle.json", {
             "format": BUNDLE_FORMAT, "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "source_policy_dir": str(policy_dir.resolve()), "policy": summary, "versions": _versions(),
-            "files": files})
+            "torchscript": torchscript, "files": files})
     log.info("exported %s -> %s (%d files)", policy_dir, out_dir, len(files) + 1)
     return out_dir
+
+
+def sample_batch(spec: ObservationSpec, prompts: tuple[str, ...] = ("push the button", "open the drawer"),
+                 seed: int = 0) -> dict[str, Any]:
+    """A raw LeRobot batch of random observations matching `spec` (export-time checks)."""
+    rng = np.random.default_rng(seed)
+    observations = [validate_observation({
+        **{key: rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for key, (h, w) in spec.cameras.items()},
+        **({spec.state_key: rng.normal(size=spec.state_dim).astype(np.float32)} if spec.state_key else {}),
+        spec.prompt_key: prompt}, spec) for prompt in prompts]
+    return to_batch(observations, spec)
+
+
+def _export_torchscript(loaded: Any, spec: ObservationSpec, out_dir: Path) -> dict[str, Any]:
+    from policies.head_export import CONTINUOUS_HEADS, export_head
+
+    if loaded.config.head not in CONTINUOUS_HEADS:
+        log.info("head %s is not continuous: no TorchScript export", loaded.config.head)
+        return {"head": loaded.config.head, "skipped": f"only {list(CONTINUOUS_HEADS)} export"}
+    return export_head(loaded, sample_batch(spec), out_dir)
 
 
 def _verify_files(path: Path, manifest: dict[str, Any]) -> None:
@@ -199,7 +221,7 @@ def load_bundle(path: str | Path, device: str = "cpu", verify: bool = True) -> B
     manifest = json.loads((path / "bundle.json").read_text())
     if manifest.get("format") != BUNDLE_FORMAT:
         raise BundleError(f"{path}/bundle.json has format {manifest.get('format')!r}, expected {BUNDLE_FORMAT!r}")
-    _refuse_pickles(path)
+    _refuse_pickles(path / POLICY_SUBDIR)  # heads/ may hold TorchScript for other runtimes; never read here
     if verify:
         _verify_files(path, manifest)
     policy = load_policy(str(path / POLICY_SUBDIR), device=device)

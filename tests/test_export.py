@@ -104,7 +104,8 @@ def test_export_then_load_in_a_fresh_directory_gives_the_same_actions(tmp_path, 
     policy_dir = _make_policy_dir(tmp_path / "train" / "policy", tiny_backbone, head)
     observations = _observations(2)
     expected_chunk, expected_steps = _training_side(policy_dir, observations)
-    export_bundle(policy_dir, tmp_path / "bundle", {"card": {"training_data": "synthetic test statistics"}})
+    export_bundle(policy_dir, tmp_path / "bundle", {"card": {"training_data": "synthetic test statistics"},
+                                                    "torchscript_heads": True})
     shutil.rmtree(tmp_path / "train")  # nothing from the training run is left
 
     fresh = tmp_path / "fresh"
@@ -123,6 +124,31 @@ def test_export_then_load_in_a_fresh_directory_gives_the_same_actions(tmp_path, 
     assert out["chunk"].shape == (2, CHUNK, ACTION_DIM)
     np.testing.assert_allclose(out["chunk"], expected_chunk, atol=1e-5)
     np.testing.assert_allclose(out["steps"], expected_steps, atol=1e-5)
+    _check_torchscript_head(tmp_path / "bundle", head)
+
+
+def _check_torchscript_head(bundle_path: Path, head: str) -> None:
+    """The traced head, reloaded, on a batch of another size and prompt length, matches PyTorch."""
+    from policies.export import sample_batch
+    from policies.head_export import backbone_features
+
+    record = json.loads((bundle_path / "bundle.json").read_text())["torchscript"]
+    assert record["head"] == head and record["max_abs_diff_vs_pytorch"] < 1e-4
+    bundle = load_bundle(bundle_path)
+    traced = torch.jit.load(str(bundle_path / "heads" / record["file"]))  # our own artifact, for this check only
+    batch = sample_batch(bundle.spec, prompts=("a", "close the top drawer slowly", "push"), seed=3)
+    inner = bundle.policy.policy
+    with torch.inference_mode():
+        processed, inputs, hidden = backbone_features(bundle.policy, batch)
+        if head == "l1_chunk":
+            got = traced(hidden, inputs.attention_mask)
+            want = inner.predict_action_chunk(processed)
+        else:
+            noise = torch.randn(3, CHUNK, ACTION_DIM)
+            got = traced(hidden, inputs.attention_mask, noise)
+            want = inner.predict_action_chunk(processed, noise=noise)
+    assert got.shape == (3, CHUNK, ACTION_DIM)
+    np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-4)
 
 
 @pytest.fixture(scope="module")

@@ -142,6 +142,58 @@ def test_every_malformed_request_gets_an_error_naming_it_and_the_connection_keep
     assert server.stats.errors == len(MALFORMED)
 
 
+class FailingPolicy(TinyChunkPolicy):
+    """Raises for one prompt, as a model bug or an out-of-memory would."""
+
+    def predict_action_chunk(self, batch: dict) -> torch.Tensor:
+        if "explode" in batch["task"]:
+            raise RuntimeError("simulated model failure")
+        return super().predict_action_chunk(batch)
+
+
+def test_policy_failure_gets_an_error_reply_and_the_server_keeps_serving():
+    policy = FailingPolicy()
+    with ServerThread(_server(policy)) as port, connect(f"ws://127.0.0.1:{port}") as ws:
+        ws.recv(timeout=30)
+        reply = _infer(ws, _obs(prompt="explode"))
+        assert reply == "error: policy failed: RuntimeError: simulated model failure"
+        np.testing.assert_allclose(_infer(ws, _obs(6))["actions"], _expected_chunk(policy, _obs(6)), atol=1e-6)
+
+
+def test_a_failing_request_does_not_fail_the_requests_batched_with_it():
+    policy = FailingPolicy(delay_s=0.05)
+    server = _server(policy)
+    replies: dict[str, object] = {}
+
+    def client(prompt: str, port: int) -> None:
+        with connect(f"ws://127.0.0.1:{port}") as ws:
+            ws.recv(timeout=30)
+            replies[prompt] = [_infer(ws, _obs(1, prompt=prompt)) for _ in range(3)]
+
+    with ServerThread(server) as port:
+        threads = [threading.Thread(target=client, args=(p, port)) for p in ("explode", "a", "bb", "ccc")]
+        [t.start() for t in threads]
+        [t.join(60) for t in threads]
+    assert all(r == "error: policy failed: RuntimeError: simulated model failure" for r in replies["explode"])
+    for prompt in ("a", "bb", "ccc"):
+        for reply in replies[prompt]:
+            np.testing.assert_allclose(reply["actions"], _expected_chunk(policy, _obs(1, prompt=prompt)), atol=1e-5)
+
+
+def test_frames_over_the_hard_limit_close_only_that_connection():
+    server = _server(max_message_bytes=4000, hard_max_message_bytes=20000)
+    with ServerThread(server) as port:
+        with connect(f"ws://127.0.0.1:{port}", max_size=None) as ws:
+            ws.recv(timeout=30)
+            ws.send(msgpack_numpy.packb({**_obs(), "pad": b"x" * 50000}))
+            with pytest.raises(websockets.exceptions.ConnectionClosedError) as closed:
+                ws.recv(timeout=30)
+            assert closed.value.rcvd.code == 1009  # "message too big", before the frame was buffered
+        with connect(f"ws://127.0.0.1:{port}") as ws:
+            ws.recv(timeout=30)
+            assert _infer(ws, _obs())["actions"].shape == (CHUNK, ACTION_DIM)
+
+
 def test_client_disconnecting_mid_request_leaves_the_server_serving():
     policy = TinyChunkPolicy(delay_s=0.3)
     server = _server(policy)

@@ -83,26 +83,35 @@ class ChunkBatcher:
         chunk = chunk.detach().float().cpu().numpy()
         return chunk[:, None, :] if chunk.ndim == 2 else chunk  # one-step heads return [B, D]
 
+    async def _answer(self, items: list[tuple[Observation, asyncio.Future]]) -> None:
+        """One policy call for `items`; on failure each request is retried alone, so one bad request only
+        fails itself and not the other clients batched with it."""
+        loop = asyncio.get_running_loop()
+        try:
+            chunks = await loop.run_in_executor(self._executor, self._run, [obs for obs, _ in items])
+        except Exception as exc:
+            if len(items) > 1:
+                log.warning("policy call failed for a batch of %d; retrying one by one", len(items))
+                for item in items:
+                    await self._answer([item])
+                return
+            log.exception("policy call failed")
+            if not items[0][1].done():
+                items[0][1].set_exception(RuntimeError(f"policy failed: {type(exc).__name__}: {exc}"))
+            return
+        self.batches += 1
+        self.batched_requests += len(items)
+        for (_, future), chunk in zip(items, chunks, strict=True):
+            if not future.done():  # its client may have gone away
+                future.set_result((chunk, len(items)))
+
     async def run_forever(self) -> None:
         """Take whatever requests are waiting (up to `max_batch`) and answer them with one policy call."""
-        loop = asyncio.get_running_loop()
         while True:
             items = [await self._queue.get()]
             while len(items) < self.max_batch and not self._queue.empty():
                 items.append(self._queue.get_nowait())
-            try:
-                chunks = await loop.run_in_executor(self._executor, self._run, [obs for obs, _ in items])
-            except Exception as exc:  # a policy failure answers every waiting request, the loop goes on
-                log.exception("policy call failed for a batch of %d", len(items))
-                for _, future in items:
-                    if not future.done():
-                        future.set_exception(RuntimeError(f"policy failed: {type(exc).__name__}: {exc}"))
-                continue
-            self.batches += 1
-            self.batched_requests += len(items)
-            for (_, future), chunk in zip(items, chunks, strict=True):
-                if not future.done():  # its client may have gone away
-                    future.set_result((chunk, len(items)))
+            await self._answer(items)
 
     def close(self) -> None:
         """Stop the inference thread (after the current batch)."""

@@ -101,22 +101,25 @@ class ActionLimits:
 
 @dataclass
 class SafetyReport:
-    """What the filter changed in one call (element counts) and since the connection started."""
+    """What the filter changed in one call (element counts by reason and by dimension) and since the
+    connection started. An element clipped by both the bounds and the rate limit counts once in `clipped`."""
 
     clipped_bounds: int = 0
     clipped_rate: int = 0
     nonfinite: int = 0
     clipped_total: int = 0
+    per_dim: list[int] = field(default_factory=list)
 
     @property
     def clipped(self) -> int:
         """Elements changed in this call, for whatever reason."""
-        return self.clipped_bounds + self.clipped_rate + self.nonfinite
+        return int(sum(self.per_dim))
 
-    def to_dict(self) -> dict[str, int]:
+    def to_dict(self) -> dict[str, Any]:
         """Response metadata: this call's counts and the connection's running total."""
         return {"clipped": self.clipped, "clipped_bounds": self.clipped_bounds, "clipped_rate": self.clipped_rate,
-                "nonfinite": self.nonfinite, "clipped_total": self.clipped_total}
+                "nonfinite": self.nonfinite, "clipped_per_dim": list(self.per_dim),
+                "clipped_total": self.clipped_total}
 
 
 class SafetyFilter:
@@ -138,7 +141,8 @@ class SafetyFilter:
         return np.clip(zero, self.limits.low, self.limits.high) if self.limits.low is not None else zero
 
     def _step(self, action: np.ndarray, report: SafetyReport) -> np.ndarray:
-        out = np.asarray(action, dtype=np.float32).copy()
+        raw = np.asarray(action, dtype=np.float32)
+        out = raw.copy()
         bad = ~np.isfinite(out)
         if bad.any():
             out[bad] = self._fallback()[bad]
@@ -158,6 +162,8 @@ class SafetyFilter:
             limited = np.clip(out, lo, hi)
             report.clipped_rate += int((limited != out).sum())
             out = limited
+        changed = bad | (out != raw)
+        report.per_dim = [n + int(c) for n, c in zip(report.per_dim, changed, strict=True)]
         self._previous = out
         return out
 
@@ -166,7 +172,7 @@ class SafetyFilter:
         actions = np.asarray(actions)
         if actions.ndim != 2 or actions.shape[1] != self.limits.action_dim:
             raise LimitsError(f"actions have shape {list(actions.shape)}, expected [n, {self.limits.action_dim}]")
-        report = SafetyReport()
+        report = SafetyReport(per_dim=[0] * self.limits.action_dim)
         rows = [self._step(row, report) for row in actions]
         safe = np.stack(rows) if rows else np.zeros((0, self.limits.action_dim), dtype=np.float32)
         self._total += report.clipped

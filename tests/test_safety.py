@@ -17,6 +17,7 @@ def test_bounds_clip_and_count():
     safe, report = SafetyFilter(_limits(max_delta=None)).apply(np.array([[2.0, -3.0, 0.2]]))
     np.testing.assert_array_equal(safe, np.array([[1.0, -1.0, 0.2]], dtype=np.float32))
     assert (report.clipped_bounds, report.clipped_rate, report.clipped) == (2, 0, 2)
+    assert report.to_dict()["clipped_per_dim"] == [1, 1, 0]
 
 
 def test_rate_limit_holds_across_calls_and_resets():
@@ -26,7 +27,7 @@ def test_rate_limit_holds_across_calls_and_resets():
     # Each action moves at most max_delta from the one served before it, across the call boundary too.
     np.testing.assert_allclose(safe, [[0.25, -0.1, 0.5], [0.5, -0.35, 0.5]], atol=1e-7)
     assert report.clipped_rate == 3 and report.clipped_bounds == 0
-    assert report.clipped_total == 3
+    assert report.clipped_total == 3 and report.per_dim == [2, 1, 0]
     f.reset()  # a new episode may start anywhere inside the bounds
     safe, report = f.apply(np.array([[-0.9, 0.9, 0.1]]))
     np.testing.assert_allclose(safe, [[-0.9, 0.9, 0.1]], atol=1e-7)
@@ -81,3 +82,11 @@ def test_inconsistent_limits_raise(kw, match):
 def test_wrong_action_width_raises():
     with pytest.raises(LimitsError, match=r"expected \[n, 3\]"):
         SafetyFilter(_limits()).apply(np.zeros((2, 4)))
+
+
+def test_an_element_clipped_by_bounds_and_rate_counts_once():
+    f = SafetyFilter(_limits())
+    f.apply(np.zeros((1, 3)))
+    safe, report = f.apply(np.array([[5.0, 0.0, 0.0]]))  # bounds take 5 -> 1, the rate limit 1 -> 0.25
+    np.testing.assert_allclose(safe, [[0.25, 0.0, 0.0]])
+    assert (report.clipped_bounds, report.clipped_rate, report.clipped, report.per_dim) == (1, 1, 1, [1, 0, 0])

@@ -35,12 +35,12 @@ class VSTVLAConfig(PreTrainedConfig):
 
     # Head: a short name from HEAD_TARGETS or an import path; chunk_size actions are predicted per call.
     head: str = "l1_chunk"
-    chunk_size: int = 8
+    chunk_size: int = 16
     n_action_steps: int = 8
-    head_hidden_dim: int = 256  # l1_chunk MLP width; flow expert width
+    head_hidden_dim: int = 256  # l1_chunk MLP width; flow expert width (0: half the backbone's width)
     n_bins: int = 256  # tokens head
-    flow_steps: int = 10  # flow head: Euler integration steps at inference
-    expert_layers: int = 2
+    flow_steps: int = 4  # flow head: Euler integration steps at inference (GR00T N1: 4, pi0: 10)
+    expert_layers: int = 0  # flow expert depth (0: half the backbone's depth)
     expert_heads: int = 4
 
     # Prompt and inputs.

@@ -49,12 +49,12 @@ class LoadedPolicy:
         """Call at every episode start: clears the queued actions of the current chunk."""
         self.policy.reset()
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def select_action(self, batch: dict[str, Any]) -> Tensor:
         """One action per observation [B, action_dim] in environment units (a chunk is predicted when needed)."""
         return self.postprocessor(self.policy.select_action(self.preprocessor(dict(batch))))
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def predict_action_chunk(self, batch: dict[str, Any]) -> Tensor:
         """A whole chunk [B, chunk_size, action_dim] in environment units, without touching the queue."""
         return self.postprocessor(self.policy.predict_action_chunk(self.preprocessor(dict(batch))))

@@ -72,7 +72,8 @@ class VSTVLAPolicy(PreTrainedPolicy):
         state_dim = int(state.shape[0]) if (config.use_state and state is not None) else None
         self.vlm = VLMBackbone(model, processor, config.prompt_template, config.image_size, state_dim)
         self.action_dim = int(config.action_feature.shape[0])
-        self.head = build_head(config.head_target, self.vlm.hidden_size, self.action_dim, config)
+        self.head = build_head(config.head_target, self.vlm.hidden_size, self.action_dim, config,
+                               backbone_layers=int(model.config.text_config.num_hidden_layers))
         self.head.setup(self.vlm)
         apply_finetune_mode(model, config, train_embeddings=config.head == "tokens")
         self.reset()
@@ -102,13 +103,13 @@ class VSTVLAPolicy(PreTrainedPolicy):
         info["loss"] = float(loss.detach())
         return loss, info
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def predict_action_chunk(self, batch: dict[str, Tensor], noise: Tensor | None = None, **kwargs) -> Tensor:
         """Normalised actions [B, chunk_size, action_dim] for one batch of observations."""
         inputs, state = self.prepare_inputs(batch)
         return self.predict_from_inputs(inputs, state, noise=noise)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def select_action(self, batch: dict[str, Tensor], noise: Tensor | None = None, **kwargs) -> Tensor:
         """One action [B, action_dim]; a new chunk is predicted only when the `n_action_steps` queue is empty."""
         if not self._action_queue:

@@ -15,9 +15,10 @@ class ActionHead(nn.Module):
 
     n_query: int = 0  # action-query placeholder tokens this head needs at the end of the prompt
 
-    def __init__(self, hidden_size: int, action_dim: int, config: Any):
+    def __init__(self, hidden_size: int, action_dim: int, config: Any, backbone_layers: int = 1):
         super().__init__()
         self.hidden_size = hidden_size
+        self.backbone_layers = backbone_layers
         self.action_dim = action_dim
         self.chunk_size = int(config.chunk_size)
 
@@ -38,14 +39,14 @@ def masked_mean(per_element: Tensor, action_is_pad: Tensor) -> Tensor:
     return (per_element * keep).sum() / keep.sum().clamp_min(1.0)
 
 
-def build_head(target: str, hidden_size: int, action_dim: int, config: Any) -> ActionHead:
+def build_head(target: str, hidden_size: int, action_dim: int, config: Any, backbone_layers: int = 1) -> ActionHead:
     """Instantiate the head class at import path `target` (Hydra's `_target_` resolution)."""
     from hydra.utils import get_class
 
     head_cls = get_class(target)
     if not (isinstance(head_cls, type) and issubclass(head_cls, ActionHead)):
         raise TypeError(f"policy head {target!r} is not an ActionHead subclass")
-    return head_cls(hidden_size=hidden_size, action_dim=action_dim, config=config)
+    return head_cls(hidden_size=hidden_size, action_dim=action_dim, config=config, backbone_layers=backbone_layers)
 
 
 def sinusoidal_embedding(t: Tensor, dim: int, max_period: float = 100.0) -> Tensor:

@@ -18,59 +18,65 @@ from policies.vlm import PromptInputs, VLMBackbone
 
 
 class ExpertLayer(nn.Module):
-    """Self-attention over the action tokens, cross-attention to the backbone context, then an MLP."""
+    """One pi0-style expert block: the action tokens attend jointly to the backbone context (keys and values
+    cached per chunk) and to themselves in a single attention, then an MLP."""
 
     def __init__(self, dim: int, heads: int):
         super().__init__()
         self.heads = heads
-        self.norm_self, self.qkv, self.out_self = nn.LayerNorm(dim), nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
-        self.norm_cross, self.q, self.kv = nn.LayerNorm(dim), nn.Linear(dim, dim), nn.Linear(dim, 2 * dim)
-        self.out_cross = nn.Linear(dim, dim)
+        self.norm_attn, self.qkv, self.out = nn.LayerNorm(dim), nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.context_kv_proj = nn.Linear(dim, 2 * dim)
         self.norm_mlp = nn.LayerNorm(dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
 
     def _split(self, x: Tensor) -> Tensor:
         return x.unflatten(-1, (self.heads, -1)).transpose(1, 2)  # [B, heads, L, d]
 
     def context_kv(self, context: Tensor) -> tuple[Tensor, Tensor]:
         """Keys and values of the backbone context, computed once per chunk."""
-        k, v = self.kv(context).chunk(2, dim=-1)
+        k, v = self.context_kv_proj(context).chunk(2, dim=-1)
         return self._split(k), self._split(v)
 
-    def forward(self, x: Tensor, kv: tuple[Tensor, Tensor], context_mask: Tensor) -> Tensor:
-        q, k, v = (self._split(t) for t in self.qkv(self.norm_self(x)).chunk(3, dim=-1))
-        x = x + self.out_self(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2))
-        q = self._split(self.q(self.norm_cross(x)))
-        attended = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=context_mask)
-        x = x + self.out_cross(attended.transpose(1, 2).flatten(2))
+    def forward(self, x: Tensor, kv: tuple[Tensor, Tensor], mask: Tensor) -> Tensor:
+        q, k, v = self._split(self.qkv(self.norm_attn(x))).chunk(3, dim=-1)
+        k, v = torch.cat([kv[0], k], dim=2), torch.cat([kv[1], v], dim=2)
+        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        x = x + self.out(attended.transpose(1, 2).flatten(2))
         return x + self.mlp(self.norm_mlp(x))
 
 
 class FlowMatchingHead(ActionHead):
     """Flow matching (noise at t=1, actions at t=0) with a small cross-attending action expert."""
 
-    def __init__(self, hidden_size: int, action_dim: int, config: Any):
-        super().__init__(hidden_size, action_dim, config)
-        dim = int(config.head_hidden_dim)
+    def __init__(self, hidden_size: int, action_dim: int, config: Any, backbone_layers: int = 1):
+        super().__init__(hidden_size, action_dim, config, backbone_layers)
+        # Sized from the backbone unless set (SmolVLA's recipe): half its width, half its depth.
+        dim = int(config.head_hidden_dim) if config.head_hidden_dim > 0 else hidden_size // 2
+        layers = int(config.expert_layers) if config.expert_layers > 0 else max(1, backbone_layers // 2)
         self.dim, self.num_steps = dim, int(config.flow_steps)
         self.context_proj = nn.Sequential(nn.LayerNorm(hidden_size), nn.Linear(hidden_size, dim))
         self.action_in = nn.Linear(action_dim, dim)
         self.time_mlp = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.positions = nn.Parameter(torch.randn(self.chunk_size, dim) * 0.02)
-        self.layers = nn.ModuleList(ExpertLayer(dim, int(config.expert_heads)) for _ in range(int(config.expert_layers)))
+        self.layers = nn.ModuleList(ExpertLayer(dim, int(config.expert_heads)) for _ in range(layers))
         self.norm_out = nn.LayerNorm(dim)
         self.action_out = nn.Linear(dim, action_dim)
 
     def _context(self, vlm: VLMBackbone, inputs: PromptInputs, state: Tensor | None):
         hidden = vlm(inputs, state).last_hidden_state.float()
         context = self.context_proj(hidden)
-        mask = inputs.attention_mask.bool()[:, None, None, :]  # padding is never attended to
+        # Action tokens see every real context token (never padding) and every action token.
+        own = torch.ones(hidden.shape[0], self.chunk_size, dtype=torch.bool, device=hidden.device)
+        mask = torch.cat([inputs.attention_mask.bool(), own], dim=1)[:, None, None, :]
         return [layer.context_kv(context) for layer in self.layers], mask
 
-    def velocity(self, noisy: Tensor, t: Tensor, kvs: list, mask: Tensor) -> Tensor:
-        """The expert's velocity field at times `t` [B] for noisy chunks [B, H, A]."""
-        time = self.time_mlp(sinusoidal_embedding(t, self.dim))
-        x = self.action_in(noisy) + self.positions + time[:, None, :]
+    def conditioning(self, t: Tensor) -> Tensor:
+        """Per-token conditioning [len(t), H, dim]: chunk positions plus the embedded flow time."""
+        return self.positions + self.time_mlp(sinusoidal_embedding(t, self.dim))[:, None, :]
+
+    def velocity(self, noisy: Tensor, conditioning: Tensor, kvs: list, mask: Tensor) -> Tensor:
+        """The expert's velocity field for noisy chunks [B, H, A] under `conditioning` [B or 1, H, dim]."""
+        x = self.action_in(noisy) + conditioning
         for layer, kv in zip(self.layers, kvs, strict=True):
             x = layer(x, kv, mask)
         return self.action_out(self.norm_out(x))
@@ -83,16 +89,17 @@ class FlowMatchingHead(ActionHead):
         # pi0's time distribution: Beta(1.5, 1) puts more weight on the noisier end.
         t = torch.distributions.Beta(1.5, 1.0).sample((actions.shape[0],)).to(actions.device) * 0.999 + 0.001
         noisy = t[:, None, None] * noise + (1 - t[:, None, None]) * actions
-        error = (self.velocity(noisy, t, kvs, mask) - (noise - actions)) ** 2
+        error = (self.velocity(noisy, self.conditioning(t), kvs, mask) - (noise - actions)) ** 2
         return masked_mean(error, action_is_pad), {}
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def predict(self, vlm: VLMBackbone, inputs: PromptInputs, state: Tensor | None, noise: Tensor | None = None) -> Tensor:
         kvs, mask = self._context(vlm, inputs, state)
         batch = inputs.input_ids.shape[0]
         x = noise if noise is not None else torch.randn(batch, self.chunk_size, self.action_dim, device=mask.device)
         dt = 1.0 / self.num_steps
+        # The K times are fixed, so their conditioning is computed once for the whole integration.
+        conditioning = self.conditioning(1.0 - dt * torch.arange(self.num_steps, device=x.device))
         for step in range(self.num_steps):
-            t = torch.full((batch,), 1.0 - step * dt, device=x.device)
-            x = x - dt * self.velocity(x, t, kvs, mask)
+            x = torch.add(x, self.velocity(x, conditioning[step:step + 1], kvs, mask), alpha=-dt)
         return x

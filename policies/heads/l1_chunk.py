@@ -15,8 +15,8 @@ from policies.vlm import PromptInputs, VLMBackbone
 class L1ChunkHead(ActionHead):
     """Parallel decoding of a whole action chunk from H query tokens."""
 
-    def __init__(self, hidden_size: int, action_dim: int, config: Any):
-        super().__init__(hidden_size, action_dim, config)
+    def __init__(self, hidden_size: int, action_dim: int, config: Any, backbone_layers: int = 1):
+        super().__init__(hidden_size, action_dim, config, backbone_layers)
         self.n_query = self.chunk_size
         self.queries = nn.Parameter(torch.randn(self.chunk_size, hidden_size) * 0.02)
         width = int(config.head_hidden_dim)
@@ -32,6 +32,6 @@ class L1ChunkHead(ActionHead):
         error = (self._chunk(vlm, inputs, state) - actions.float()).abs()
         return masked_mean(error, action_is_pad), {}
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def predict(self, vlm: VLMBackbone, inputs: PromptInputs, state: Tensor | None) -> Tensor:
         return self._chunk(vlm, inputs, state)

@@ -29,8 +29,8 @@ def undiscretize(bins: Tensor, n_bins: int) -> Tensor:
 class TokenActionHead(ActionHead):
     """Discrete action tokens predicted by the backbone's own LM head, one action dimension per token."""
 
-    def __init__(self, hidden_size: int, action_dim: int, config: Any):
-        super().__init__(hidden_size, action_dim, config)
+    def __init__(self, hidden_size: int, action_dim: int, config: Any, backbone_layers: int = 1):
+        super().__init__(hidden_size, action_dim, config, backbone_layers)
         if self.chunk_size != 1:
             raise ValueError(f"the tokens head decodes one action per step; got chunk_size={self.chunk_size}")
         self.n_bins = int(config.n_bins)
@@ -59,7 +59,7 @@ class TokenActionHead(ActionHead):
         accuracy = ((logits.argmax(-1) == bins).float() * keep).sum() / keep.sum().clamp_min(1.0)
         return loss, {"token_accuracy": float(accuracy)}
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def predict(self, vlm: VLMBackbone, inputs: PromptInputs, state: Tensor | None) -> Tensor:
         out = vlm(inputs, state, use_cache=True)
         hidden, cache, mask = out.last_hidden_state[:, -1:], out.past_key_values, inputs.attention_mask

@@ -27,7 +27,7 @@ def build_server(bundle_path: str, cfg: DictConfig | dict[str, Any], device: str
     from policies.export import load_bundle
 
     bundle = load_bundle(bundle_path, device=device, verify=verify)
-    card = {"bundle": str(bundle.path), "policy": bundle.manifest.get("policy", {}),
+    card = {"bundle": bundle.path.name, "policy": bundle.manifest.get("policy", {}),
             "created": bundle.manifest.get("created")}
     return PolicyServer(bundle.policy, bundle.spec, bundle.limits, bundle.n_action_steps,
                         server_config(cfg, device), metadata=card)

@@ -58,6 +58,13 @@ class ServerConfig:
     actions_per_reply: int | None = None  # None: the whole n_action_steps chunk per reply (openpi style)
     device: str = "cpu"
 
+    def __post_init__(self) -> None:
+        if self.hard_max_message_bytes < self.max_message_bytes:
+            raise ValueError(f"server.hard_max_message_bytes={self.hard_max_message_bytes} is below "
+                             f"server.max_message_bytes={self.max_message_bytes}")
+        if self.max_batch < 1:
+            raise ValueError(f"server.max_batch={self.max_batch} must be >= 1")
+
 
 class ChunkBatcher:
     """Collects concurrent requests and runs them as one batch on a single inference thread."""

@@ -18,10 +18,9 @@ import time
 from collections.abc import Callable
 
 import torch
-
+from lerobot.configs import FeatureType, PolicyFeature
 from omegaconf import OmegaConf
 
-from lerobot.configs import FeatureType, PolicyFeature
 from policies.configuration_vst_vla import VSTVLAConfig
 from policies.loading import new_policy
 from vst_vla.backbone import load_backbone

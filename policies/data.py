@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from lerobot.configs import FeatureType
 from lerobot.utils.constants import ACTION, OBS_STATE
+
 from policies.configuration_vst_vla import VSTVLAConfig
 from policies.processor_vst_vla import NormalizationError
 

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lerobot.processor import PolicyProcessorPipeline
 from torch import Tensor
 
-from lerobot.processor import PolicyProcessorPipeline
 from policies.configuration_vst_vla import VSTVLAConfig
 from policies.modeling_vst_vla import VSTVLAPolicy
 from policies.processor_vst_vla import NormalizationError, make_vst_vla_pre_post_processors

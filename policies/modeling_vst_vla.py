@@ -16,11 +16,11 @@ from collections import deque
 from pathlib import Path
 
 import torch
+from lerobot.policies.pretrained import PreTrainedPolicy
+from lerobot.utils.constants import ACTION, OBS_STATE
 from safetensors.torch import load_model
 from torch import Tensor
 
-from lerobot.policies.pretrained import PreTrainedPolicy
-from lerobot.utils.constants import ACTION, OBS_STATE
 from policies.configuration_vst_vla import VSTVLAConfig
 from policies.finetune import apply_finetune_mode
 from policies.heads import build_head

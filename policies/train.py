@@ -21,7 +21,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from policies.configuration_vst_vla import VSTVLAConfig
 from policies.data import dataset_stats, make_image_augmentation, open_dataset, set_features
 from policies.loading import LoadedPolicy, load_policy, new_policy, save_policy
-from vst_vla.atomic import write_json
+from vst_vla.atomic import is_complete, mark_complete, write_json
 from vst_vla.hydra_run import resolve_out, setup_torch
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,11 @@ class PolicyTrainer(Trainer):
         self.loaded.policy.save_pretrained(out)
         self.loaded.preprocessor.save_pretrained(out)
         self.loaded.postprocessor.save_pretrained(out)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        super()._save_checkpoint(model, trial)
+        # Trainer writes checkpoints in place; the marker, written last, is what makes one resumable.
+        mark_complete(Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}")
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         load_model(model or self.model, str(Path(resume_from_checkpoint) / "model.safetensors"), strict=True)
@@ -101,14 +106,15 @@ def training_arguments(cfg: DictConfig, out: Path) -> TrainingArguments:
 
 
 def resume_checkpoint(cfg: DictConfig, out: Path) -> str | bool | None:
-    """`train.resume`: false, true (the latest checkpoint under <out>/checkpoints) or a checkpoint path."""
+    """`train.resume`: false, true (the latest complete checkpoint under <out>/checkpoints) or a path."""
     resume = cfg.train.resume
     if resume in (None, False):
         return None
     if resume is True:
-        found = sorted((out / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+        found = sorted((p for p in (out / "checkpoints").glob("checkpoint-*") if is_complete(p)),
+                       key=lambda p: int(p.name.split("-")[-1]))
         if not found:
-            raise FileNotFoundError(f"train.resume=true but {out}/checkpoints has no checkpoint-*")
+            raise FileNotFoundError(f"train.resume=true but {out}/checkpoints has no complete checkpoint-*")
         return str(found[-1])
     return str(resume)
 

@@ -37,6 +37,8 @@ def test_vla_trains_resumes_and_saves_a_loadable_policy(compose, dataset_root, t
     policy_dir = run(compose("vla", overrides))
     assert (policy_dir / "_COMPLETE").is_file()
     assert sorted(p.name for p in (tmp_path / "checkpoints").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    assert (tmp_path / "checkpoints" / "checkpoint-4" / "_COMPLETE").is_file()
+    (tmp_path / "checkpoints" / "checkpoint-5").mkdir()  # a save killed half-way: no marker, never resumed from
 
     run(compose("vla", [*overrides[:-5], "train.max_steps=6", "train.save_steps=2", "train.report_to=[]",
                         "trainer.logging_steps=1", "head.flow_steps=2", "train.resume=true"]))
@@ -53,6 +55,16 @@ def test_vla_trains_resumes_and_saves_a_loadable_policy(compose, dataset_root, t
              "task": ["pick up the red block"] * 2}
     action = policy.select_action(batch)
     assert action.shape == (2, 4) and torch.isfinite(action).all()
+
+
+def test_image_augmentation_crops_and_jitters_to_the_policy_size():
+    from policies.data import make_image_augmentation
+
+    torch.manual_seed(0)
+    image = torch.rand(3, 96, 96)
+    augmented = make_image_augmentation(84)(image)
+    assert augmented.shape == (3, 84, 84) and 0.0 <= augmented.min() and augmented.max() <= 1.0
+    assert not torch.allclose(augmented, torch.nn.functional.interpolate(image[None], size=84)[0], atol=1e-3)
 
 
 def test_lora_and_frozen_vision_train_only_what_they_should(compose, dataset_root, tmp_path):

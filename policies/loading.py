@@ -18,6 +18,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from lerobot.processor import PolicyProcessorPipeline
 from torch import Tensor
@@ -52,12 +53,18 @@ class LoadedPolicy:
     @torch.inference_mode()
     def select_action(self, batch: dict[str, Any]) -> Tensor:
         """One action per observation [B, action_dim] in environment units (a chunk is predicted when needed)."""
-        return self.postprocessor(self.policy.select_action(self.preprocessor(dict(batch))))
+        return self.postprocessor(self.policy.select_action(self.preprocessor(_as_tensors(batch))))
 
     @torch.inference_mode()
     def predict_action_chunk(self, batch: dict[str, Any]) -> Tensor:
         """A whole chunk [B, chunk_size, action_dim] in environment units, without touching the queue."""
-        return self.postprocessor(self.policy.predict_action_chunk(self.preprocessor(dict(batch))))
+        return self.postprocessor(self.policy.predict_action_chunk(self.preprocessor(_as_tensors(batch))))
+
+
+def _as_tensors(batch: dict[str, Any]) -> dict[str, Any]:
+    """Numpy arrays to float tensors (robots and simulators often hand numpy); everything else as is."""
+    return {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) if isinstance(v, np.ndarray) else v
+            for k, v in batch.items()}
 
 
 def save_policy(policy: VSTVLAPolicy, preprocessor: PolicyProcessorPipeline, postprocessor: PolicyProcessorPipeline,

@@ -117,3 +117,14 @@ def test_mismatched_normalisation_keys_raise(dataset_root, tiny_backbone):
         loaded.select_action({**batch, "observation.images.top": batch["observation.images.front"]})
     with pytest.raises(NormalizationError, match="observation.state"):
         loaded.select_action({**batch, "observation.state": batch["observation.state"][:, :3]})
+
+
+def test_numpy_observations_are_accepted_and_state_can_be_left_out(dataset_root, tiny_backbone):
+    loaded, dataset = build("l1_chunk", dataset_root, tiny_backbone, use_state=False)
+    assert loaded.policy.vlm.state_proj is None
+    batch = raw_batch(dataset)
+    as_numpy = {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    torch.testing.assert_close(loaded.predict_action_chunk(as_numpy), loaded.predict_action_chunk(batch))
+    prompt = loaded.policy.vlm.processor.tokenizer.decode(loaded.policy.prepare_inputs(
+        loaded.preprocessor(batch))[0].input_ids[0])
+    assert "What action should the robot take to pick up the red block?" in prompt and "<|proprio|>" not in prompt

@@ -65,14 +65,16 @@ class LossHistory(TrainerCallback):
 
 
 def policy_config(cfg: DictConfig) -> VSTVLAConfig:
-    """The VSTVLAConfig from the composed Hydra config (`head` group, `policy` section, `model` group)."""
+    """The VSTVLAConfig from the composed Hydra config (`head` group, policy keys, `model` group)."""
     head = OmegaConf.to_container(cfg.head, resolve=True)
-    policy = OmegaConf.to_container(cfg.policy, resolve=True)
     target = head.pop("_target_")
     head.pop("name", None)
-    return VSTVLAConfig(head=target, backbone=str(cfg.model.source), device=str(cfg.trainer.device),
-                        backbone_dtype=str(cfg.model.dtype), attn_implementation=str(cfg.model.attn_implementation),
-                        **head, **policy)
+    return VSTVLAConfig(
+        head=target, backbone=str(cfg.model.source), device=str(cfg.trainer.device),
+        backbone_dtype=str(cfg.model.dtype), attn_implementation=str(cfg.model.attn_implementation),
+        image_size=int(cfg.image_size), use_state=bool(cfg.use_state), finetune=str(cfg.finetune),
+        freeze_vision_encoder=bool(cfg.freeze_vision_encoder), lora_rank=int(cfg.lora.rank),
+        lora_alpha=int(cfg.lora.alpha), prompt_template=str(cfg.prompt_template), **head)
 
 
 def build_policy(cfg: DictConfig, dataset_root: Path) -> tuple[LoadedPolicy, Any]:

@@ -27,7 +27,7 @@ def test_vla_config_composes_for_every_head(head, compose):
     cfg = compose("vla", ["experiment=tiny", f"head={head}", "dataset_root=/data"])
     assert cfg.head.name == head and cfg.head._target_.startswith("policies.heads.")
     assert cfg.model.source == "tiny" and cfg.trainer.device == "cpu"
-    assert cfg.policy.image_size <= 96 and cfg.train.max_steps <= 500  # the tiny experiment stays CPU-sized
+    assert cfg.image_size <= 96 and cfg.train.max_steps <= 500  # the tiny experiment stays CPU-sized
 
 
 def test_vla_trains_resumes_and_saves_a_loadable_policy(compose, dataset_root, tmp_path):
@@ -70,13 +70,13 @@ def test_image_augmentation_crops_and_jitters_to_the_policy_size():
 def test_lora_and_frozen_vision_train_only_what_they_should(compose, dataset_root, tmp_path):
     from policies.train import build_policy
 
-    cfg = compose("vla", ["experiment=tiny", "head=l1_chunk", f"dataset_root={dataset_root}", "policy.finetune=lora"])
+    cfg = compose("vla", ["experiment=tiny", "head=l1_chunk", f"dataset_root={dataset_root}", "finetune=lora"])
     loaded, _ = build_policy(cfg, dataset_root)
     trainable = {n for n, p in loaded.policy.named_parameters() if p.requires_grad}
     backbone = {n for n in trainable if n.startswith("vlm.model.")}
     assert backbone and all("lora_" in n for n in backbone)
     assert any(n.startswith("head.") for n in trainable) and "vlm.state_proj.weight" in trainable
-    cfg = compose("vla", ["experiment=tiny", f"dataset_root={dataset_root}", "policy.finetune=full"])
+    cfg = compose("vla", ["experiment=tiny", f"dataset_root={dataset_root}", "finetune=full"])
     loaded, _ = build_policy(cfg, dataset_root)
     trainable = {n for n, p in loaded.policy.named_parameters() if p.requires_grad}
     assert not any(".visual." in n for n in trainable)

@@ -194,14 +194,17 @@ def pan_cameras(rng: np.random.Generator, size: int, frames: int, prefix: str = 
 
 
 def generate_scene(rng: np.random.Generator, scene_id: str, image_size: int = 224, n_objects=(3, 10),
-                   views: int = 4, video_frames: int = 4) -> Scene:
-    """A random scene with `views` orbit cameras, one translated copy of view 0 (camera motion) and a
-    panning video of `video_frames` frames."""
+                   views: int = 4, video_frames: int = 4, motions: int = 2) -> Scene:
+    """A random scene with `views` orbit cameras, translated copies `motion_k` of the first `motions` views
+    (camera motion) and a panning video of `video_frames` frames."""
     objects = place_objects(rng, int(rng.integers(n_objects[0], n_objects[1] + 1)))
     start = float(rng.uniform(-math.pi, math.pi))
     cameras = [orbit_camera(rng, f"view_{i}", image_size, start + i * 2 * math.pi / views + rng.uniform(-0.4, 0.4))
                for i in range(views)]
-    moved, motion, step = motion_camera(rng, cameras[0], "motion")
-    cameras += [moved, *pan_cameras(rng, image_size, video_frames)]
-    return Scene(scene_id, objects, cameras, info={"motion": motion, "motion_distance": round(step, 3),
-                                                   "views": views, "video_frames": video_frames})
+    moved = {}
+    for k in range(min(motions, views)):
+        camera, motion, step = motion_camera(rng, cameras[k], f"motion_{k}")
+        cameras.append(camera)
+        moved[camera.name] = {"from": f"view_{k}", "motion": motion, "distance": round(step, 3)}
+    cameras += pan_cameras(rng, image_size, video_frames)
+    return Scene(scene_id, objects, cameras, info={"motions": moved, "views": views, "video_frames": video_frames})

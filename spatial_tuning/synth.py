@@ -6,6 +6,9 @@ seed gives the same bytes whatever `num_workers` is (workers render, the main pr
 
 Layout of `output_dir`: `vst_p/{train,test}.parquet` (perception rows), `vst_r/{train,test}.parquet`
 (`<think>` rows, type containing "thought"), `summary.json`, `summary.md`, optionally `preview.html`.
+
+MuJoCo fixes its GL backend when it is first imported, so this module imports the scene and skill modules
+(which import MuJoCo) only inside functions, after `run` has chosen the renderer.
 """
 
 from __future__ import annotations
@@ -14,12 +17,15 @@ import io
 import logging
 import math
 import multiprocessing
+import os
+import sys
 import time
+import zlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
@@ -27,11 +33,11 @@ from PIL import Image
 from tqdm import tqdm
 
 from spatial_tuning.sample import SpatialSample
-from spatial_tuning.skills import SKILLS, Draft, finalize, select_skills
-from spatial_tuning.skills.base import render_context
-from spatial_tuning.skills.registry import SCENARIO_OF
 from spatial_tuning.vst_format import write_parquet
 from vst_vla.atomic import atomic_directory, is_complete, write_json, write_text
+
+if TYPE_CHECKING:
+    from spatial_tuning.skills import Draft
 
 log = logging.getLogger(__name__)
 
@@ -67,14 +73,18 @@ def encode_png(rgb: np.ndarray) -> bytes:
 def draft_scene(job: SceneJob) -> tuple[SceneJob, list[Draft], dict[str, bytes], dict[str, dict]]:
     """Render one scene and draft up to `questions_per_scene` distinct questions per skill."""
     from sim.procedural_scene import generate_scene
+    from spatial_tuning.skills import SKILLS
+    from spatial_tuning.skills.base import render_context, scenario_cameras
+    from spatial_tuning.skills.registry import SCENARIO_OF
 
     scene = generate_scene(np.random.default_rng([job.seed, SPLIT_CODES[job.split], job.index]), job.scene_id,
                            job.image_size, job.objects, job.views, job.video_frames)
-    ctx = render_context(scene, job.shadows)
+    # Only the cameras the job's skills look through are rendered (late scenes serve the few skills left).
+    ctx = render_context(scene, job.shadows, scenario_cameras(scene, {SCENARIO_OF[n] for n in job.skills}))
     drafts: list[Draft] = []
-    for skill_index, name in enumerate(job.skills):
-        # One rng per (scene, skill): choosing other skills never changes this skill's questions.
-        rng = np.random.default_rng([job.seed, SPLIT_CODES[job.split], job.index, 1000 + skill_index])
+    for name in job.skills:
+        # One rng per (scene, skill): which other skills run never changes this skill's questions.
+        rng = np.random.default_rng([job.seed, SPLIT_CODES[job.split], job.index, zlib.crc32(name.encode())])
         seen: set[tuple] = set()
         for _ in range(4 * job.questions_per_scene):
             draft = SKILLS[name](ctx, rng)
@@ -110,28 +120,49 @@ def is_thought(k: int, fraction: float) -> bool:
     return math.floor((k + 1) * fraction) > math.floor(k * fraction)
 
 
+def _renders_in_process() -> bool:
+    """Whether MuJoCo in this process was imported with the selected GL backend (`MUJOCO_GL`)."""
+    if "mujoco" not in sys.modules:
+        return True
+    from mujoco.rendering.classic import gl_context
+
+    context = getattr(gl_context, "GLContext", None)
+    return context is not None and os.environ.get("MUJOCO_GL", "glfw") in context.__module__
+
+
 def _scene_results(jobs: Iterator[SceneJob], num_workers: int) -> Iterator[tuple]:
-    if num_workers <= 1:
+    if num_workers <= 1 and _renders_in_process():
         yield from map(draft_scene, jobs)
         return
     # spawn: each worker opens its own GL context; forking one that has touched GL is unsafe.
     with multiprocessing.get_context("spawn").Pool(num_workers) as pool:
-        yield from pool.imap(draft_scene, jobs, chunksize=1)
+        yield from pool.imap(draft_scene, jobs, chunksize=1)  # in order: the output does not depend on timing
 
 
 def generate_split(split: str, count_per_skill: int, cfg: DictConfig) -> tuple[list[SpatialSample], dict]:
     """`count_per_skill` samples of every selected skill from fresh scenes of `split`."""
+    from spatial_tuning.skills import finalize, select_skills
+
     skills = tuple(select_skills(OmegaConf.to_container(cfg.skills) if OmegaConf.is_config(cfg.skills) else cfg.skills))
     accepted: dict[str, list[SpatialSample]] = {name: [] for name in skills}
     rng = np.random.default_rng([int(cfg.seed), SPLIT_CODES[split], 7])
     balancer = LetterBalancer(rng)
     max_scenes = int(cfg.scenes.max_scenes or max(50, 20 * count_per_skill))
-    jobs = (SceneJob(int(cfg.seed), split, i, int(cfg.image_size), skills, int(cfg.questions_per_scene),
-                     tuple(cfg.scenes.objects), int(cfg.scenes.views), int(cfg.scenes.video_frames),
-                     bool(cfg.shadows)) for i in range(max_scenes))
+
+    def jobs() -> Iterator[SceneJob]:
+        # A job names the skills still short when it is created. Skills only ever fill up, so a skill left
+        # out is one that no later scene could serve; the output is the same however far workers run ahead.
+        for i in range(max_scenes):
+            active = tuple(n for n in skills if len(accepted[n]) < count_per_skill)
+            if not active:
+                return
+            yield SceneJob(int(cfg.seed), split, i, int(cfg.image_size), active, int(cfg.questions_per_scene),
+                           tuple(cfg.scenes.objects), int(cfg.scenes.views), int(cfg.scenes.video_frames),
+                           bool(cfg.shadows))
+
     total, scenes = count_per_skill * len(skills), 0
     with tqdm(total=total, desc=f"synth {split}", unit="sample", disable=total == 0) as bar:
-        for job, drafts, images, cameras in _scene_results(jobs, int(cfg.num_workers)) if total else ():
+        for job, drafts, images, cameras in _scene_results(jobs(), int(cfg.num_workers)) if total else ():
             scenes += 1
             for draft in drafts:
                 done = accepted[draft.skill]
@@ -155,6 +186,8 @@ def generate_split(split: str, count_per_skill: int, cfg: DictConfig) -> tuple[l
 
 def summarize(splits: dict[str, list[SpatialSample]]) -> dict[str, Any]:
     """Counts per skill and split, thought counts, and the answer-letter balance of multiple-choice skills."""
+    from spatial_tuning.skills.registry import SCENARIO_OF
+
     skills: dict[str, dict[str, Any]] = {}
     for split, samples in splits.items():
         for s in samples:
@@ -237,6 +270,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         log.info("synth: %s is already complete; pass overwrite=true to regenerate", out)
         print(f"synth: {out} already complete (overwrite=false), reusing it")
         return {"output_dir": str(out), "reused": True}
+    from vst_vla.runtime import select_mujoco_renderer
+
+    log.info("synth: rendering with MUJOCO_GL=%s", select_mujoco_renderer())  # workers inherit the choice
     summary = synthesize(cfg, out)
     print(summary_markdown(summary), end="")
     print(f"synth: wrote {out}")

@@ -110,10 +110,12 @@ def test_generated_scene_is_deterministic_and_valid():
     b = generate_scene(np.random.default_rng(3), "g", image_size=64)
     assert a.mjcf() == b.mjcf()
     assert 3 <= len(a.objects) <= 10 and len({o.label for o in a.objects}) == len(a.objects)
-    translation, rotation = relative_motion(a.camera("view_0"), a.camera("motion"))
-    axis = int(np.argmax(np.abs(translation)))
-    assert np.allclose(rotation, np.eye(3)) and {0: ("left", "right"), 1: ("up", "down"),
-                                                  2: ("backward", "forward")}[axis][translation[axis] > 0] == a.info["motion"]
+    for name, moved in a.info["motions"].items():
+        translation, rotation = relative_motion(a.camera(moved["from"]), a.camera(name))
+        axis = int(np.argmax(np.abs(translation)))
+        words = {0: ("left", "right"), 1: ("up", "down"), 2: ("backward", "forward")}[axis]
+        assert np.allclose(rotation, np.eye(3)) and words[int(translation[axis] > 0)] == moved["motion"]
+        assert abs(translation[axis]) == pytest.approx(moved["distance"], abs=1e-3)
 
 
 def test_ground_truth_on_a_metaworld_model():

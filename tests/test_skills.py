@@ -23,14 +23,14 @@ def hand_ctx():
     """Red cube (10 cm) at the origin, blue sphere (7 cm) at (0.3, -0.3), green cylinder (20 cm) at (-0.25, -0.1).
 
     view_0 at (0, -1, 0.6) looks at the origin: depths 1.140 (red), 0.890 (blue), 1.028 (green) metres.
-    view_1 at (1, 0, 0.6) looks at the origin; `motion` is view_0 moved 0.2 m to its right.
+    view_1 at (1, 0, 0.6) looks at the origin; `motion_0` is view_0 moved 0.2 m to its right.
     """
     objects = [SceneObject("red", "box", (0.05, 0.05, 0.05), (0.0, 0.0, 0.05)),
                SceneObject("blue", "sphere", (0.035,), (0.3, -0.3, 0.035)),
                SceneObject("green", "cylinder", (0.03, 0.1), (-0.25, -0.1, 0.1))]
     view0 = CameraPose.look_at("view_0", (0.0, -1.0, 0.6), (0, 0, 0), 60.0, SIZE, SIZE)
     view1 = CameraPose.look_at("view_1", (1.0, 0.0, 0.6), (0, 0, 0), 60.0, SIZE, SIZE)
-    moved = CameraPose("motion", view0.position + 0.2 * view0.rotation[:, 0], view0.rotation, 60.0, SIZE, SIZE)
+    moved = CameraPose("motion_0", view0.position + 0.2 * view0.rotation[:, 0], view0.rotation, 60.0, SIZE, SIZE)
     return render_context(Scene("hand", objects, [view0, view1, moved]))
 
 
@@ -74,7 +74,7 @@ def test_hand_scene_directions_and_views(hand_ctx):
     draft = next(d for d in _drafts("relative_direction", hand_ctx, range(200)) if question in d.question)
     assert draft.options[0] == "back-right"  # 0.11 m behind and 0.25 m to the right, worked out by hand
     motion = next(_drafts("camera_motion", hand_ctx))
-    assert motion.options[0] == "moved right" and motion.cameras == ["view_0", "motion"]
+    assert motion.options[0] == "moved right" and motion.cameras == ["view_0", "motion_0"]
     relation = next(d for d in _drafts("cross_view_relation", hand_ctx, range(200))
                     if d.cameras[1] == "view_1" and "the blue sphere relative to the green cylinder" in d.question)
     assert relation.options[0] == "closer to the camera than"  # view_1 sits at x = 1; blue x = 0.3, green x = -0.25

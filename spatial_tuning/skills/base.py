@@ -162,13 +162,22 @@ def xyz(v) -> str:
     return "(" + ", ".join(f"{float(c):.2f}" for c in v) + ")"
 
 
-def render_context(scene: Scene, shadows: bool = False) -> SceneContext:
-    """Render every camera of `scene` once and compute its ground truth (all questions share these renders)."""
+def scenario_cameras(scene: Scene, scenarios) -> list[str]:
+    """The cameras of `scene` that skills of `scenarios` look through."""
+    wanted = {"single_image": ("view_",), "multi_image": ("view_", "motion"), "video": ("video_",)}
+    prefixes = tuple(p for scenario in scenarios for p in wanted[scenario])
+    return [c.name for c in scene.cameras if c.name.startswith(prefixes)]
+
+
+def render_context(scene: Scene, shadows: bool = False, cameras: list[str] | None = None) -> SceneContext:
+    """Render each camera of `scene` (or of `cameras`) once and compute its ground truth; all questions about
+    the scene share these renders."""
     from sim.ground_truth import GroundTruthRenderer, body_object_boxes
 
     model, data = scene.build()
     boxes = body_object_boxes(model, data, scene.bodies)
+    names = [c.name for c in scene.cameras] if cameras is None else cameras
     camera = scene.cameras[0]
     with GroundTruthRenderer(model, camera.width, camera.height, shadows=shadows) as renderer:
-        views = {c.name: renderer.view(data, c.name, boxes) for c in scene.cameras}
+        views = {name: renderer.view(data, name, boxes) for name in names}
     return SceneContext(scene, {b.label: b for b in boxes}, views)

@@ -16,14 +16,17 @@ _AXIS_WORDS = {0: ("left", "right"), 1: ("up", "down"), 2: ("backward", "forward
 @register("camera_motion", SCENARIO)
 def camera_motion(ctx: SceneContext, rng: np.random.Generator) -> Draft | None:
     """How the camera moved between two images (a pure translation along one of its axes)."""
-    if "motion" not in ctx.views:
+    pairs = [(f"view_{name.split('_')[1]}", name) for name in ctx.views if name.startswith("motion_")]
+    pairs = [(a, b) for a, b in pairs if a in ctx.views]
+    if not pairs:
         return None
-    first, second = ctx.views["view_0"].camera, ctx.views["motion"].camera
+    before, after = pairs[int(rng.integers(len(pairs)))]
+    first, second = ctx.views[before].camera, ctx.views[after].camera
     translation, _ = relative_motion(first, second)
     axis = int(np.argmax(np.abs(translation)))
     motion = _AXIS_WORDS[axis][int(translation[axis] > 0)]
     distractors = pick(rng, [m for m in MOTIONS if m != motion], 3)
-    return Draft("camera_motion", SCENARIO, ["view_0", "motion"],
+    return Draft("camera_motion", SCENARIO, [before, after],
                  "The two images were taken by the same camera before and after it moved, without turning. "
                  "How did the camera move from Image 1 to Image 2?", "multiple_choice",
                  f"Expressed in the first camera's frame (X right, Y down, Z forward) the camera translated by "

@@ -8,6 +8,7 @@ from spatial_tuning.skills.base import SkillFn
 
 SKILLS: dict[str, SkillFn] = {}
 SCENARIO_OF: dict[str, str] = {}
+_SCENARIO_ORDER = ("single_image", "multi_image", "video")
 
 
 def register(name: str, scenario: str):
@@ -23,11 +24,12 @@ def register(name: str, scenario: str):
 
 
 def select_skills(names: Iterable[str] | str | None = None) -> dict[str, SkillFn]:
-    """The skills named (None or "all": every registered skill), in registry order."""
+    """The skills named (None or "all": every registered skill), single-image first, then multi-image, video."""
+    ordered = sorted(SKILLS, key=lambda n: _SCENARIO_ORDER.index(SCENARIO_OF[n]))
     if names is None or names == "all" or list(names) == ["all"]:
-        return dict(SKILLS)
+        return {n: SKILLS[n] for n in ordered}
     names = [names] if isinstance(names, str) else list(names)
     unknown = [n for n in names if n not in SKILLS]
     if unknown:
         raise KeyError(f"unknown skill(s) {unknown}; registered: {', '.join(SKILLS)}")
-    return {n: SKILLS[n] for n in SKILLS if n in names}
+    return {n: SKILLS[n] for n in ordered if n in names}

@@ -114,8 +114,8 @@ def occlusion(ctx: SceneContext, rng: np.random.Generator) -> Draft | None:
         camera = ctx.single_views[index]
         objects = ctx.views[camera].objects
         hidden = [lab for lab, o in objects.items()
-                  if o.in_frame and 0.15 <= o.visible_fraction <= 0.75 and o.visible_pixels >= ctx.min_pixels(camera)]
-        free = ctx.clear(camera, 0.97)
+                  if o.in_frame and 0.1 <= o.visible_fraction <= 0.8 and o.visible_pixels >= ctx.min_pixels(camera)]
+        free = ctx.clear(camera, 0.95)
         if hidden and len(free) >= 2:
             target = pick(rng, hidden, 1)[0]
             others = pick(rng, free, min(len(free), int(rng.integers(2, 4))))

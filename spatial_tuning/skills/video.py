@@ -37,13 +37,31 @@ def _ever_seen(ctx: SceneContext) -> tuple[set[str], set[str]]:
 
 @register("appearance_order", SCENARIO)
 def appearance_order(ctx: SceneContext, rng: np.random.Generator) -> Draft | None:
-    """The order in which three objects first appear in the video."""
+    """The order in which three objects first appear (or, when the video has only two appearance times,
+    which of 3-4 objects appears first)."""
     first = _first_seen(ctx)
     by_frame: dict[int, list[str]] = {}
     for label, k in first.items():
         by_frame.setdefault(k, []).append(label)
-    if len(by_frame) < 3:
+    if len(by_frame) >= 3 and rng.random() < 0.75:
+        return _full_order(ctx, rng, first, by_frame)
+    if len(by_frame) < 2:
         return None
+    start = min(by_frame)
+    later = [lab for k, labs in by_frame.items() if k != start for lab in labs]
+    if len(later) < 2:
+        return None
+    winner = pick(rng, by_frame[start], 1)[0]
+    others = pick(rng, later, min(len(later), int(rng.integers(2, 4))))
+    candidates = pick(rng, [winner, *others], len(others) + 1)
+    steps = "; ".join(f"the {lab} first appears in frame {first[lab] + 1}" for lab in [winner, *others])
+    return Draft("appearance_order", SCENARIO, ctx.video_frames,
+                 f"Which of these objects appears first in the video: {', '.join(candidates)}?", "multiple_choice",
+                 f"Going through the frames, {steps}. The {winner} appears first.", options=[winner, *others])
+
+
+def _full_order(ctx: SceneContext, rng: np.random.Generator, first: dict[str, int],
+                by_frame: dict[int, list[str]]) -> Draft:
     frames = sorted(pick(rng, sorted(by_frame), 3))
     order = [pick(rng, by_frame[k], 1)[0] for k in frames]
     wrong = [list(p) for p in itertools.permutations(order) if list(p) != order]

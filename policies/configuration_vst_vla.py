@@ -47,6 +47,8 @@ class VSTVLAConfig(PreTrainedConfig):
     prompt_template: str = PROMPT_TEMPLATE
     image_size: int = 84  # every camera is resized to a square of this side (a multiple of 28)
     use_state: bool = True  # project observation.state into one token of the prompt
+    # Observation keys the training data carries that the policy deliberately does not read (accepted, dropped).
+    ignored_observation_keys: list[str] = field(default_factory=list)
 
     # Fine-tuning: full | lora | frozen (backbone frozen, only head and projections train).
     finetune: str = "full"

@@ -52,6 +52,7 @@ def set_features(config: VSTVLAConfig, dataset_features: dict[str, dict]) -> VST
         if have != want:
             raise NormalizationError(f"the dataset's features {want} differ from the policy's {have}")
     config.input_features, config.output_features = inputs, outputs
+    config.ignored_observation_keys = sorted(k for k in features if k.startswith("observation.") and k not in inputs)
     config.validate_features()
     return config
 

@@ -30,6 +30,11 @@ _REQUIRED_STATS = {NormalizationMode.MEAN_STD: ("mean", "std"), NormalizationMod
                    NormalizationMode.QUANTILES: ("q01", "q99"), NormalizationMode.QUANTILE10: ("q10", "q90")}
 
 
+# Privileged simulator state (MetaWorld's 39-D vector, the scripted expert's input): never a policy input, so
+# an environment that exposes it is not a mismatch.
+PRIVILEGED_KEYS = ("observation.environment_state",)
+
+
 class NormalizationError(ValueError):
     """Statistics, features or batches whose keys or shapes disagree; the message names the key."""
 
@@ -59,9 +64,11 @@ def check_stats(features: dict[str, PolicyFeature], norm_map: dict, stats: dict[
 @ProcessorStepRegistry.register(name="vst_vla_feature_check")
 class FeatureCheckProcessorStep(ProcessorStep):
     """Fail loudly when an observation lacks a feature the policy was trained on, has one it does not know,
-    or has the wrong shape. Images only need 3 channels first (the policy resizes them)."""
+    or has the wrong shape. Images only need 3 channels first (the policy resizes them). Keys listed in
+    `ignored` (present in the training data or privileged, deliberately unused) are accepted and dropped."""
 
     features: dict[str, Any] = field(default_factory=dict)
+    ignored: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.features = {k: v if isinstance(v, PolicyFeature) else PolicyFeature(FeatureType(v["type"]), tuple(v["shape"]))
@@ -74,12 +81,16 @@ class FeatureCheckProcessorStep(ProcessorStep):
         if missing:
             raise NormalizationError(f"observation lacks {missing}; the policy expects {sorted(expected)} "
                                      f"and got {sorted(observation)}")
-        unexpected = sorted(k for k in observation if k.startswith("observation.") and k not in expected)
+        ignored = set(self.ignored) | set(PRIVILEGED_KEYS)
+        unexpected = sorted(k for k in observation if k.startswith("observation.") and k not in expected | ignored)
         if unexpected:
             raise NormalizationError(f"observation has keys {unexpected} the policy was not trained on "
                                      f"(it expects {sorted(expected)}); rename or drop them")
         for key in sorted(expected):
             self._check_shape(key, observation[key])
+        if ignored & set(observation):
+            transition = dict(transition)
+            transition[TransitionKey.OBSERVATION] = {k: v for k, v in observation.items() if k not in ignored}
         return transition
 
     def _check_shape(self, key: str, value: Any) -> None:
@@ -92,7 +103,8 @@ class FeatureCheckProcessorStep(ProcessorStep):
             raise NormalizationError(f"{key} has shape {shape}; the policy expects [B, {', '.join(map(str, feature.shape))}]")
 
     def get_config(self) -> dict[str, Any]:
-        return {"features": {k: {"type": ft.type.value, "shape": list(ft.shape)} for k, ft in self.features.items()}}
+        return {"features": {k: {"type": ft.type.value, "shape": list(ft.shape)} for k, ft in self.features.items()},
+                "ignored": list(self.ignored)}
 
     def transform_features(self, features: dict[PipelineFeatureType, dict[str, PolicyFeature]]):
         return features
@@ -105,6 +117,6 @@ def make_vst_vla_pre_post_processors(
     features = {**config.input_features, **config.output_features}
     check_stats(features, config.normalization_mapping, dataset_stats)
     steps = make_default_policy_processor_steps(config, dataset_stats)
-    input_steps = [steps.rename_observations, steps.add_batch_dim, FeatureCheckProcessorStep(features=features),
-                   steps.to_device, steps.normalize]
+    check = FeatureCheckProcessorStep(features=features, ignored=list(config.ignored_observation_keys))
+    input_steps = [steps.rename_observations, steps.add_batch_dim, check, steps.to_device, steps.normalize]
     return make_policy_processor_pipelines(input_steps=input_steps, output_steps=[steps.unnormalize, steps.to_cpu])

@@ -128,3 +128,11 @@ def test_numpy_observations_are_accepted_and_state_can_be_left_out(dataset_root,
     prompt = loaded.policy.vlm.processor.tokenizer.decode(loaded.policy.prepare_inputs(
         loaded.preprocessor(batch))[0].input_ids[0])
     assert "What action should the robot take to pick up the red block?" in prompt and "<|proprio|>" not in prompt
+
+
+def test_privileged_and_known_unused_keys_are_accepted_and_dropped(dataset_root, tiny_backbone):
+    loaded, dataset = build("l1_chunk", dataset_root, tiny_backbone)
+    batch = raw_batch(dataset)
+    with_privileged = {**batch, "observation.environment_state": torch.randn(2, 39)}
+    assert "observation.environment_state" not in loaded.preprocessor(with_privileged)
+    torch.testing.assert_close(loaded.predict_action_chunk(with_privileged), loaded.predict_action_chunk(batch))

@@ -165,6 +165,17 @@ def orbit_camera(rng: np.random.Generator, name: str, size: int, azimuth: float)
     return CameraPose.look_at(name, target + offset, target, float(rng.uniform(45, 60)), size, size)
 
 
+def occluding_camera(rng: np.random.Generator, name: str, size: int, front: SceneObject,
+                     back: SceneObject) -> CameraPose:
+    """A low camera looking past `front` at `back`, slightly off their line, so `front` partly hides `back`."""
+    a, b = np.asarray(front.position), np.asarray(back.position)
+    heading = math.atan2(a[1] - b[1], a[0] - b[0]) + math.radians(rng.uniform(4, 12)) * rng.choice([-1, 1])
+    distance, elevation = rng.uniform(0.8, 1.2), math.radians(rng.uniform(8, 20))
+    offset = distance * np.array([math.cos(elevation) * math.cos(heading), math.cos(elevation) * math.sin(heading),
+                                  math.sin(elevation)])
+    return CameraPose.look_at(name, a + offset, (a + b) / 2, float(rng.uniform(45, 60)), size, size)
+
+
 MOTIONS = {"left": (0, -1), "right": (0, 1), "up": (1, -1), "down": (1, 1), "forward": (2, 1), "backward": (2, -1)}
 
 
@@ -193,14 +204,23 @@ def pan_cameras(rng: np.random.Generator, size: int, frames: int, prefix: str = 
     return cams
 
 
+def pick_pair(rng: np.random.Generator, objects: list[SceneObject]) -> tuple[SceneObject, SceneObject]:
+    i, j = rng.choice(len(objects), size=2, replace=False)
+    return objects[int(i)], objects[int(j)]
+
+
 def generate_scene(rng: np.random.Generator, scene_id: str, image_size: int = 224, n_objects=(3, 10),
                    views: int = 4, video_frames: int = 4, motions: int = 2) -> Scene:
-    """A random scene with `views` orbit cameras, translated copies `motion_k` of the first `motions` views
-    (camera motion) and a panning video of `video_frames` frames."""
+    """A random scene with `views` orbit cameras plus one low view where an object partly hides another,
+    translated copies `motion_k` of the first `motions` views (camera motion) and a panning video of
+    `video_frames` frames."""
     objects = place_objects(rng, int(rng.integers(n_objects[0], n_objects[1] + 1)))
     start = float(rng.uniform(-math.pi, math.pi))
     cameras = [orbit_camera(rng, f"view_{i}", image_size, start + i * 2 * math.pi / views + rng.uniform(-0.4, 0.4))
                for i in range(views)]
+    if len(objects) >= 2:  # one more view, aimed so that one object partly hides another
+        front, back = pick_pair(rng, objects)
+        cameras.append(occluding_camera(rng, f"view_{views}", image_size, front, back))
     moved = {}
     for k in range(min(motions, views)):
         camera, motion, step = motion_camera(rng, cameras[k], f"motion_{k}")

@@ -122,10 +122,16 @@ def build_trainer(cfg: DictConfig, model, processor, train: SFTDataset, evaluati
 def save_final(trainer: SpatialSFTTrainer, processor, out_dir: Path) -> Path:
     """Write `<out_dir>/checkpoint-final/` atomically (LoRA merged): what the RL stage and the pipeline load."""
     final = out_dir / FINAL_CHECKPOINT
+    # Under FSDP the weights are sharded: every process takes part in gathering the full state dict.
+    state_dict = trainer.accelerator.get_state_dict(trainer.model) if trainer.is_fsdp_enabled else None
     if trainer.is_world_process_zero():
         model = merged_model(trainer.accelerator.unwrap_model(trainer.model))
         with atomic_directory(final, overwrite=True) as tmp:
-            save_backbone(model, processor, tmp)
+            if state_dict is None:
+                save_backbone(model, processor, tmp)
+            else:
+                model.save_pretrained(tmp, state_dict=state_dict)
+                processor.save_pretrained(tmp)
         log.info("final checkpoint: %s", final)
     trainer.accelerator.wait_for_everyone()
     return final

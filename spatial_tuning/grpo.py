@@ -14,11 +14,12 @@ the first and last 20 % of steps).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -168,6 +169,19 @@ class MaxTimeCallback(TrainerCallback):
             control.should_training_stop = True
 
 
+@contextlib.contextmanager
+def left_padding(processor) -> Iterator[None]:
+    """Left padding while training: TRL left-pads the prompt ids but builds `mm_token_type_ids` with the
+    processor's own padding, so a right-padding processor misplaces the image tokens of the shorter prompts
+    (a wrong 3-D rope, or a crash in Qwen2.5-VL's get_rope_index). TRL sets this only for processors it loads."""
+    saved = processor.tokenizer.padding_side
+    processor.tokenizer.padding_side = "left"
+    try:
+        yield
+    finally:
+        processor.tokenizer.padding_side = saved
+
+
 def vllm_usable(requested: Any) -> bool:
     """vLLM generation when asked for (`true`) or by default (`auto`) only with vllm installed and a GPU."""
     available = importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
@@ -176,11 +190,21 @@ def vllm_usable(requested: Any) -> bool:
     return bool(available and requested in (True, "true", "auto"))
 
 
-def grpo_config(cfg: DictConfig, output_dir: Path) -> GRPOConfig:
+def vision_token_ids(model) -> list[int]:
+    """Ids of the vision placeholder tokens; a sampled one would break Qwen2.5-VL's 3-D rope index."""
+    names = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
+    return [int(i) for i in (getattr(model.config, n, None) for n in names) if i is not None]
+
+
+def grpo_config(cfg: DictConfig, output_dir: Path, suppress_token_ids: Sequence[int] = ()) -> GRPOConfig:
     """Map the `grpo` and `trainer` config groups onto TRL's `GRPOConfig`."""
     g, t = cfg.grpo, cfg.trainer
     cpu = str(t.device) == "cpu" or not torch.cuda.is_available()
     weights = OmegaConf.to_container(g.reward_weights)
+    use_vllm = vllm_usable(g.use_vllm)
+    # TRL suppresses only the image token when sampling with transformers; a sampled <|vision_start|> or video
+    # token makes the training forward's rope index miscount the vision tokens.
+    generation_kwargs = {"suppress_tokens": list(suppress_token_ids)} if suppress_token_ids and not use_vllm else None
     return GRPOConfig(
         output_dir=str(output_dir / "trainer"),
         num_generations=int(g.num_generations), temperature=float(g.temperature), top_p=float(g.top_p),
@@ -192,7 +216,7 @@ def grpo_config(cfg: DictConfig, output_dir: Path) -> GRPOConfig:
         max_steps=int(g.max_steps), per_device_train_batch_size=int(g.per_device_train_batch_size),
         gradient_accumulation_steps=int(g.gradient_accumulation_steps),
         reward_weights=[float(weights["accuracy"]), float(weights["format"])],
-        use_vllm=vllm_usable(g.use_vllm), vllm_mode=str(g.vllm_mode),
+        use_vllm=use_vllm, vllm_mode=str(g.vllm_mode), generation_kwargs=generation_kwargs,
         bf16=bool(t.bf16) and not cpu, fp16=bool(t.fp16) and not cpu, use_cpu=cpu,
         gradient_checkpointing=bool(t.gradient_checkpointing) and not cpu,
         dataloader_num_workers=int(t.dataloader_num_workers), logging_steps=1,
@@ -210,12 +234,13 @@ def train_rl(cfg: DictConfig, samples: Sequence[SpatialSample], output_dir: Path
     log.info("rl: %d training prompts, %d generations each", len(dataset), cfg.grpo.num_generations)
     log_callback = JsonlLogCallback(output_dir / "rl_log.jsonl")
     (output_dir / "rl_log.jsonl").unlink(missing_ok=True)
-    trainer = DapoGRPOTrainer(
-        model=model, processing_class=processor, args=grpo_config(cfg, output_dir), train_dataset=dataset,
-        reward_funcs=make_reward_funcs(require_think=think is not False),
-        callbacks=[log_callback, MaxTimeCallback(cfg.grpo.max_time_s)], dapo_filter=bool(cfg.grpo.dapo_filter),
-    )
-    trainer.train()
+    with left_padding(processor):
+        trainer = DapoGRPOTrainer(
+            model=model, processing_class=processor, args=grpo_config(cfg, output_dir, vision_token_ids(model)),
+            train_dataset=dataset, reward_funcs=make_reward_funcs(require_think=think is not False),
+            callbacks=[log_callback, MaxTimeCallback(cfg.grpo.max_time_s)], dapo_filter=bool(cfg.grpo.dapo_filter),
+        )
+        trainer.train()
     with atomic_directory(output_dir / "checkpoint-final", overwrite=True) as tmp:
         save_backbone(trainer.model, processor, tmp)
     summary = reward_trend(log_callback.rows)

@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from spatial_tuning.grpo import DapoGRPOTrainer, grpo_config, make_reward_funcs, reward_trend, rl_dataset, rl_rows, \
-    train_rl, vllm_usable
+from spatial_tuning.grpo import (DapoGRPOTrainer, grpo_config, left_padding, make_reward_funcs, rl_dataset, rl_rows,
+                                 train_rl, vision_token_ids, vllm_usable)
 from spatial_tuning.sample import SpatialSample
 from vst_vla.backbone import load_backbone
 
@@ -132,3 +132,25 @@ def test_dapo_filter_drops_groups_with_equal_accuracy(compose, tmp_path, dapo_fi
         assert trainer._metrics["train"]["dapo/kept_group_frac"] == [0.0]
     else:
         assert out["completion_mask"].sum() > 0 and torch.any(out["advantages"] != 0)
+
+
+def test_image_tokens_stay_aligned_for_prompts_of_different_lengths(compose, tmp_path):
+    # A one-image prompt next to a four-image one: TRL left-pads the prompt ids, so the vision token types must
+    # be left-padded too, or the short prompt's image tokens land in its padding.
+    long = SpatialSample("long", [{"from": "human", "value": "<image><image><image><image>In which order do the objects "
+                                                               "appear in these frames? (A) box first (B) ball first"},
+                                  {"from": "gpt", "value": "A"}], images=[_png((i * 60, 0, 0)) for i in range(4)],
+                         type="order_thought", meta_info={"skill": "order", "mode": "multiple_choice", "answer": "A"})
+    model, processor = load_backbone({"source": "tiny", "device": "cpu"})
+    args = grpo_config(_cfg(compose, "grpo.max_completion_length=4"), tmp_path, vision_token_ids(model))
+    assert args.generation_kwargs == {"suppress_tokens": vision_token_ids(model)}
+    with left_padding(processor):
+        trainer = DapoGRPOTrainer(model=model, processing_class=processor, args=args, dapo_filter=False,
+                                  train_dataset=rl_dataset([rl_samples(1)[0], long]), reward_funcs=make_reward_funcs())
+        trainer.model.train()
+        trainer.current_gradient_accumulation_steps = 1
+        out = trainer._generate_and_score_completions([trainer.train_dataset[i] for i in (0, 0, 1, 1)])
+        prompt_types = out["mm_token_type_ids"][:, : out["prompt_ids"].size(1)]
+        assert torch.equal(prompt_types == 1, out["prompt_ids"] == model.config.image_token_id)
+        assert torch.isfinite(trainer.compute_loss(trainer.model, out))
+    assert processor.tokenizer.padding_side == "right"  # restored for the saved checkpoint

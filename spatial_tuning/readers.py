@@ -194,6 +194,9 @@ def _row_sample(row: dict[str, Any], row_id: str, file: Path, root: Path) -> Spa
     images = [_image_bytes(item, f"image {i}", row_id, file, root) for i, item in enumerate(row.get("images") or [])]
     videos = [[_image_bytes(item, f"video {v} frame {f}", row_id, file, root) for f, item in enumerate(frames or [])]
               for v, frames in enumerate(row.get("videos") or [])]
+    text = "".join(t["value"] for t in turns)
+    if images and not videos and text.count(VIDEO_PLACEHOLDER) == 1 and IMAGE_PLACEHOLDER not in text:
+        videos, images = [images], []  # a video row whose frames sit in the images column
     return SpatialSample(id=row_id, conversations=[{"from": t["from"], "value": t["value"]} for t in turns],
                          images=images, type=row.get("type") or "", data_source=row.get("data_source") or "",
                          meta_info=_meta_info(row.get("meta_info"), row_id, file), videos=videos)

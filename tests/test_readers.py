@@ -61,6 +61,15 @@ def test_videos_column_round_trip(tmp_path):
     assert loaded[0].videos == sample.videos and len(loaded[0].pil_videos()[0]) == 2
 
 
+def test_video_frames_in_the_images_column_become_a_video(tmp_path):
+    row = samples_to_table([_sample(0)]).to_pylist()[0]
+    row["conversations"] = [{"from": "human", "value": "<video>\nWhat appears first?"}, {"from": "gpt", "value": "A"}]
+    row["images"] = row["images"] * 3
+    _write_rows([row], tmp_path / "v.parquet")
+    (sample,) = load_samples(tmp_path / "v.parquet")
+    assert sample.images == [] and len(sample.videos[0]) == 3
+
+
 def test_directory_and_list_inputs(tmp_path):
     write_parquet([_sample(0)], tmp_path / "d" / "train.parquet")
     write_parquet([_sample(1)], tmp_path / "d" / "sub" / "more.parquet")

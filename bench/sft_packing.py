@@ -102,7 +102,7 @@ def main() -> None:
     parser.add_argument("--pack-tokens", type=int, default=512, help="our token budget per pack")
     parser.add_argument("--packs-per-step", type=int, default=4, help="our per-device batch size (packs)")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=2, help="runs of each (alternating); the fastest counts")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each (alternating); the fastest counts")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)

@@ -33,6 +33,8 @@ COMMANDS: dict[str, Command] = {
     "rl": Command("spatial_tuning.grpo:run", "GRPO/DAPO with VST rewards through TRL, from an SFT checkpoint"),
     "eval-spatial": Command("spatial_tuning.eval_spatial:run", "checkpoints side by side per skill vs chance (MC, MRA, AP@15)"),
     "vla": Command("policies.train:run", "train the VLA policy (tokens | l1_chunk | flow head) on a LeRobot dataset"),
+    "collect": Command("sim.collect:run", "scripted MetaWorld experts recorded into a LeRobot dataset"),
+    "eval-sim": Command("sim.eval_sim:run", "vectorised MetaWorld rollouts of a policy: success, 95% CI, videos"),
 }
 
 

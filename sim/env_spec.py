@@ -1,0 +1,67 @@
+"""What an env config produces: its tasks, rate and LeRobot features, and the vector envs that run it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import gymnasium as gym
+
+from sim.metaworld_env import (ACTION_DIM, ACTION_NAMES, CONTROL_FPS, ENV_STATE_DIM, STATE_DIM, STATE_NAMES,
+                               env_factory, env_kwargs, image_key)
+from sim.tasks import resolve_tasks
+
+VECTOR_MODES = ("sync", "async")
+
+
+@dataclass(frozen=True)
+class EnvSpec:
+    """The tasks, control rate and LeRobot features (`{key: {dtype, shape, names}}`) of an env config."""
+
+    tasks: tuple[str, ...]
+    fps: int
+    features: dict[str, dict[str, Any]] = field(default_factory=dict)
+    max_episode_steps: int = 150
+
+    @property
+    def image_keys(self) -> list[str]:
+        return [k for k, f in self.features.items() if f["dtype"] in ("image", "video")]
+
+
+def env_spec(env_cfg: Any, video: bool = False, include_env_state: bool = False) -> EnvSpec:
+    """The spec of an `env/metaworld` config; `video` picks the dataset storage of the camera features."""
+    if env_cfg.get("name", "metaworld") != "metaworld":
+        raise ValueError(f"env={env_cfg.get('name')!r} runs through LeRobot's env configs (lerobot-eval), not "
+                         f"through vst-vla collect/eval-sim; see configs/env/{env_cfg.get('name')}.yaml")
+    kwargs = env_kwargs(env_cfg)
+    size = kwargs["image_size"]
+    features: dict[str, dict[str, Any]] = {
+        image_key(c): {"dtype": "video" if video else "image", "shape": (size, size, 3),
+                       "names": ["height", "width", "channels"]} for c in kwargs["cameras"]}
+    features["observation.state"] = {"dtype": "float32", "shape": (STATE_DIM,), "names": STATE_NAMES}
+    if include_env_state and kwargs["privileged_state"]:
+        features["observation.environment_state"] = {"dtype": "float32", "shape": (ENV_STATE_DIM,),
+                                                     "names": None}
+    features["action"] = {"dtype": "float32", "shape": (ACTION_DIM,), "names": ACTION_NAMES}
+    return EnvSpec(tasks=tuple(resolve_tasks(env_cfg.get("task", "pick-place"))), fps=CONTROL_FPS,
+                   features=features, max_episode_steps=kwargs["max_episode_steps"])
+
+
+def make_vector_env(env_cfg: Any, task: str, n_envs: int, vector_mode: str = "sync") -> gym.vector.VectorEnv:
+    """`n_envs` copies of one task as a gymnasium vector env; sub-envs freeze once their episode ends.
+
+    The freeze (LeRobot's `FreezeAfterEpisodeEnd`) replays a finished sub-env's terminal step instead of
+    simulating and rendering it until the slowest sub-env of the batch is done.
+    """
+    from lerobot.envs.utils import freeze_after_episode_end
+
+    if vector_mode not in VECTOR_MODES:
+        raise ValueError(f"vector={vector_mode!r} is not one of {', '.join(VECTOR_MODES)}")
+    if n_envs < 1:
+        raise ValueError(f"n_envs={n_envs} must be >= 1")
+    fns = [freeze_after_episode_end(env_factory(task, **env_kwargs(env_cfg))) for _ in range(n_envs)]
+    if vector_mode == "sync":
+        return gym.vector.SyncVectorEnv(fns, autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
+    # forkserver: workers start clean, so each creates its own GL context (a forked one crashes).
+    return gym.vector.AsyncVectorEnv(fns, context="forkserver", shared_memory=True,
+                                     autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)

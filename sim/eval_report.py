@@ -1,0 +1,111 @@
+"""Rollout evaluation results: per-episode records, success rate with a Wilson interval, JSON and markdown."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vst_vla.atomic import write_json, write_text
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """The Wilson score interval of a binomial proportion (95 % by default); (0, 1) when n is 0."""
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+@dataclass
+class Episode:
+    """One evaluated episode."""
+
+    task: str
+    seed: int
+    success: bool
+    length: int
+    sum_reward: float
+    video: str | None = None
+
+
+@dataclass
+class EvalResult:
+    """Success statistics of a policy over rollout episodes (overall and per task)."""
+
+    policy: str
+    episodes: list[Episode]
+    n_envs: int
+    vector_mode: str
+    wall_s: float
+    env_steps: int
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_episodes(self) -> int:
+        return len(self.episodes)
+
+    @property
+    def successes(self) -> int:
+        return sum(e.success for e in self.episodes)
+
+    @property
+    def success_rate(self) -> float:
+        return self.successes / self.n_episodes if self.episodes else 0.0
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        return wilson_interval(self.successes, self.n_episodes)
+
+    def per_task(self) -> dict[str, dict[str, float]]:
+        """Success rate, interval and mean length for each task."""
+        out = {}
+        for task in dict.fromkeys(e.task for e in self.episodes):
+            eps = [e for e in self.episodes if e.task == task]
+            wins = sum(e.success for e in eps)
+            low, high = wilson_interval(wins, len(eps))
+            out[task] = {"episodes": len(eps), "successes": wins, "success_rate": wins / len(eps),
+                         "ci95_low": low, "ci95_high": high,
+                         "mean_length": sum(e.length for e in eps) / len(eps)}
+        return out
+
+    def summary_line(self) -> str:
+        low, high = self.interval
+        return (f"{self.policy}: success {self.successes}/{self.n_episodes} = {self.success_rate:.1%} "
+                f"(95% Wilson CI {low:.1%}-{high:.1%}), {self.env_steps / max(self.wall_s, 1e-9):.1f} env steps/s")
+
+    def to_dict(self) -> dict[str, Any]:
+        low, high = self.interval
+        return {"policy": self.policy, "n_episodes": self.n_episodes, "successes": self.successes,
+                "success_rate": self.success_rate, "ci95_low": low, "ci95_high": high,
+                "mean_length": sum(e.length for e in self.episodes) / max(1, self.n_episodes),
+                "mean_sum_reward": sum(e.sum_reward for e in self.episodes) / max(1, self.n_episodes),
+                "n_envs": self.n_envs, "vector_mode": self.vector_mode, "wall_s": self.wall_s,
+                "env_steps": self.env_steps, "env_steps_per_s": self.env_steps / max(self.wall_s, 1e-9),
+                "per_task": self.per_task(), "meta": self.meta, "episodes": [asdict(e) for e in self.episodes]}
+
+    def to_markdown(self) -> str:
+        low, high = self.interval
+        lines = [f"# Rollout evaluation: {self.policy}", "",
+                 f"**Success {self.successes}/{self.n_episodes} = {self.success_rate:.1%}** "
+                 f"(95 % Wilson interval {low:.1%} - {high:.1%}); {self.n_envs} envs, {self.vector_mode} "
+                 f"vector env, {self.env_steps} env steps in {self.wall_s:.1f} s.", "",
+                 "| task | episodes | success | 95 % CI | mean length |", "|---|---|---|---|---|"]
+        for task, s in self.per_task().items():
+            lines.append(f"| {task} | {s['episodes']} | {s['success_rate']:.1%} | "
+                         f"{s['ci95_low']:.1%} - {s['ci95_high']:.1%} | {s['mean_length']:.1f} |")
+        lines += ["", "| # | task | seed | success | length | return | video |", "|---|---|---|---|---|---|---|"]
+        for i, e in enumerate(self.episodes):
+            video = f"[mp4]({e.video})" if e.video else ""
+            lines.append(f"| {i} | {e.task} | {e.seed} | {'yes' if e.success else 'no'} | {e.length} | "
+                         f"{e.sum_reward:.2f} | {video} |")
+        return "\n".join(lines) + "\n"
+
+    def write(self, out_dir: str | Path) -> tuple[Path, Path]:
+        """Write `eval.json` and `eval.md` (atomically) into `out_dir`."""
+        out_dir = Path(out_dir)
+        return write_json(out_dir / "eval.json", self.to_dict()), write_text(out_dir / "eval.md", self.to_markdown())

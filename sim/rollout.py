@@ -1,0 +1,150 @@
+"""Vectorised rollout evaluation of any policy with LeRobot's interface.
+
+The policy contract (what `evaluate` and `vst-vla eval-sim` accept):
+- any object with `reset()` and `select_action(batch) -> Tensor [B, action_dim]`, LeRobot's
+  `PreTrainedPolicy` interface. `reset()` is called before each batch of B parallel episodes;
+  `select_action` is called once per env step under `torch.inference_mode()`.
+- `batch` is the raw LeRobot batch of `sim.policy_io.observation_to_batch`: `observation.images.<camera>`
+  float32 [B, 3, H, W] in [0, 1], `observation.state` float32 [B, 4], `observation.environment_state`
+  float32 [B, 39] (privileged; only the scripted expert should read it) and `task` (list of B
+  instructions). Nothing is normalised: a learned policy applies its own pre/post-processors (LeRobot's
+  `make_pre_post_processors`) inside `select_action` and returns actions in env units ([-1, 1], 4-D).
+- `vst-vla eval-sim policy=<name>` builds the policy with `hydra.utils.instantiate(cfg.policy)` on the
+  `configs/policy/<name>.yaml` node, nothing added: that node's `_target_` is a class or a loader function
+  (e.g. `policies.load_policy` with `path`, `device`); interpolations like `${env.task}` resolve against
+  the eval-sim config. sim/ never imports the policy's package; the config names it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from sim.env_spec import env_spec, make_vector_env
+from sim.eval_report import Episode, EvalResult
+from sim.metaworld_env import ACTION_DIM, image_key
+from sim.policy_io import actions_to_numpy, observation_to_batch
+from sim.video import write_mp4
+
+log = logging.getLogger(__name__)
+
+
+class Policy(Protocol):
+    """LeRobot's policy interface, as far as rollouts need it."""
+
+    def reset(self) -> None: ...
+
+    def select_action(self, batch: dict[str, Any]) -> torch.Tensor: ...
+
+
+@dataclass
+class EpisodeTrace:
+    """One sub-env's episode from a batch: outcome, and (when recorded) its observations and actions."""
+
+    seed: int
+    success: bool = False
+    length: int = 0
+    sum_reward: float = 0.0
+    observations: list[dict[str, np.ndarray]] = field(default_factory=list)
+    actions: list[np.ndarray] = field(default_factory=list)
+
+
+def _success_flags(info: dict[str, Any], n: int) -> np.ndarray:
+    flags = np.asarray(info.get("is_success", np.zeros(n, bool)), dtype=bool)
+    mask = np.asarray(info.get("_is_success", np.ones(n, bool)), dtype=bool)
+    return flags & mask
+
+
+def rollout_batch(vec_env: Any, policy: Policy, seeds: list[int], max_steps: int,
+                  record: bool = False) -> list[EpisodeTrace]:
+    """Run one episode in each sub-env (seeded by `seeds`) until all have ended; return their traces."""
+    from lerobot.envs.utils import NEW_ROLLOUT_OPTION
+
+    n = vec_env.num_envs
+    traces = [EpisodeTrace(seed=int(s)) for s in seeds]
+    policy.reset()
+    obs, _ = vec_env.reset(seed=[int(s) for s in seeds], options={NEW_ROLLOUT_OPTION: True})
+    task_texts = list(vec_env.call("task_description"))
+    active = np.ones(n, dtype=bool)
+    for _ in range(max_steps):
+        batch = observation_to_batch(obs, task_texts)
+        with torch.inference_mode():
+            actions = actions_to_numpy(policy.select_action(batch), n, ACTION_DIM)
+        if record:
+            for i in np.flatnonzero(active):
+                traces[i].observations.append({k: np.array(v[i]) for k, v in obs.items()})
+                traces[i].actions.append(actions[i].copy())
+        obs, reward, terminated, truncated, info = vec_env.step(actions)
+        success = _success_flags(info, n)
+        for i in np.flatnonzero(active):
+            traces[i].length += 1
+            traces[i].sum_reward += float(reward[i])
+            traces[i].success |= bool(success[i])
+        active &= ~(np.asarray(terminated) | np.asarray(truncated))
+        if not active.any():
+            break
+    return traces
+
+
+def run_task_episodes(vec_env: Any, policy: Policy, n_episodes: int, seed: int, max_steps: int,
+                      record: bool = False, progress: tqdm | None = None):
+    """Yield `n_episodes` traces of one task, in batches of `vec_env.num_envs`; episode i uses seed + i."""
+    n = vec_env.num_envs
+    for start in range(0, n_episodes, n):
+        traces = rollout_batch(vec_env, policy, [seed + start + j for j in range(n)], max_steps, record)
+        for trace in traces[: n_episodes - start]:
+            if progress is not None:
+                progress.update(1)
+            yield trace
+
+
+def _video_path(video_dir: Path, task: str, index: int) -> Path:
+    return video_dir / f"{task}_ep{index:03d}.mp4"
+
+
+def evaluate(policy: Policy, env_cfg: Any, n_episodes: int, n_envs: int = 1, vector_mode: str = "sync",
+             seed: int = 1000, video_dir: str | Path | None = None, n_videos: int = 0,
+             policy_name: str | None = None, progress: bool = True) -> EvalResult:
+    """Roll `policy` out for `n_episodes` per task of `env_cfg` on vector envs; see the module doc."""
+    spec = env_spec(env_cfg)
+    n_envs = max(1, min(int(n_envs), int(n_episodes)))
+    camera_key = spec.image_keys[0]
+    name = policy_name or type(policy).__name__
+    episodes: list[Episode] = []
+    steps, started = 0, time.perf_counter()
+    bar = tqdm(total=n_episodes * len(spec.tasks), desc=f"eval {name}", unit="ep", disable=not progress)
+    for task in spec.tasks:
+        vec_env = make_vector_env(env_cfg, task, n_envs, vector_mode)
+        try:
+            record = video_dir is not None and n_videos > 0
+            for index, trace in enumerate(run_task_episodes(vec_env, policy, n_episodes, seed,
+                                                            spec.max_episode_steps, record, bar)):
+                video = None
+                if record and index < n_videos:
+                    frames = [o[camera_key] for o in trace.observations]
+                    video = str(write_mp4(_video_path(Path(video_dir), task, index), frames, fps=20,
+                                          upscale=max(1, 256 // frames[0].shape[0])))
+                episodes.append(Episode(task=task, seed=trace.seed, success=trace.success, length=trace.length,
+                                        sum_reward=trace.sum_reward, video=video))
+                steps += trace.length
+                bar.set_postfix(success=f"{sum(e.success for e in episodes)}/{len(episodes)}")
+        finally:
+            vec_env.close()
+    bar.close()
+    result = EvalResult(policy=name, episodes=episodes, n_envs=n_envs, vector_mode=vector_mode,
+                        wall_s=time.perf_counter() - started, env_steps=steps,
+                        meta={"tasks": list(spec.tasks), "seed": seed, "camera": camera_key,
+                              "image_size": spec.features[camera_key]["shape"][0],
+                              "max_episode_steps": spec.max_episode_steps})
+    log.info(result.summary_line())
+    return result
+
+
+__all__ = ["EpisodeTrace", "Policy", "evaluate", "image_key", "rollout_batch", "run_task_episodes"]

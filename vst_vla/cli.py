@@ -26,6 +26,7 @@ class Command:
 COMMANDS: dict[str, Command] = {
     "info": Command("vst_vla.info:run", "versions, device, attention and the MuJoCo renderer that works"),
     "demo": Command("vst_vla.demo:run", "the main job on the embedded default (tiny backbone)"),
+    "pipeline": Command("vst_vla.pipeline:run", "every stage chained in one resumable output folder, with a report"),
     "synth": Command("spatial_tuning.synth:run", "VST-P / VST-R parquet data from procedural MuJoCo scenes (exact 3D ground truth)"),
     "export": Command("policies.export:run", "a trained policy -> a self-contained bundle (safetensors, limits, card)"),
     "serve": Command("policies.serving.app:run", "serve a bundle to robots over openpi's websocket protocol (openpi-client)"),
@@ -89,6 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"vst-vla: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
+    # MuJoCo binds its GL backend when first imported, so the offscreen renderer is chosen before any stage
+    # imports it (a child of the pipeline inherits the parent's checked choice and skips the probe).
+    from vst_vla.runtime import select_mujoco_renderer
+
+    select_mujoco_renderer()
     run_command(name, rest)
     return 0
 

@@ -94,7 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     # imports it (a child of the pipeline inherits the parent's checked choice and skips the probe).
     from vst_vla.runtime import select_mujoco_renderer
 
-    select_mujoco_renderer()
+    try:
+        select_mujoco_renderer()
+    except RuntimeError as err:  # only the stages that render need it; they fail later with GL errors
+        print(f"vst-vla: warning: {err}", file=sys.stderr)
     run_command(name, rest)
     return 0
 

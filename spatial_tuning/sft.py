@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,9 @@ def load_split(paths: Sequence[str], processor, on_bad_sample: str = "error", li
         counts += cached_token_counts(file_samples, processor, file, Path(count_cache) if count_cache else None)
         samples += file_samples
     if limit is not None and limit < len(samples):
-        samples, counts = samples[:limit], counts[:limit]
+        # A seeded spread over the whole split: files are often ordered by skill, so the head would be biased.
+        keep = sorted(random.Random(0).sample(range(len(samples)), int(limit)))
+        samples, counts = [samples[i] for i in keep], [counts[i] for i in keep]
     return samples, counts
 
 

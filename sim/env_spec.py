@@ -7,8 +7,17 @@ from typing import Any
 
 import gymnasium as gym
 
-from sim.metaworld_env import (ACTION_DIM, ACTION_NAMES, CONTROL_FPS, ENV_STATE_DIM, STATE_DIM, STATE_NAMES,
-                               env_factory, env_kwargs, image_key)
+from sim.metaworld_env import (
+    ACTION_DIM,
+    ACTION_NAMES,
+    CONTROL_FPS,
+    ENV_STATE_DIM,
+    STATE_DIM,
+    STATE_NAMES,
+    env_factory,
+    env_kwargs,
+    image_key,
+)
 from sim.tasks import resolve_tasks
 
 VECTOR_MODES = ("sync", "async")

@@ -91,9 +91,9 @@ class EvalResult:
     def to_markdown(self) -> str:
         low, high = self.interval
         lines = [f"# Rollout evaluation: {self.policy}", "",
-                 f"**Success {self.successes}/{self.n_episodes} = {self.success_rate:.1%}** "
+                 (f"**Success {self.successes}/{self.n_episodes} = {self.success_rate:.1%}** "
                  f"(95 % Wilson interval {low:.1%} - {high:.1%}); {self.n_envs} envs, {self.vector_mode} "
-                 f"vector env, {self.env_steps} env steps in {self.wall_s:.1f} s.", "",
+                 f"vector env, {self.env_steps} env steps in {self.wall_s:.1f} s."), "",
                  "| task | episodes | success | 95 % CI | mean length |", "|---|---|---|---|---|"]
         for task, s in self.per_task().items():
             lines.append(f"| {task} | {s['episodes']} | {s['success_rate']:.1%} | "

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -46,7 +46,7 @@ def image_key(camera: str) -> str:
 class MetaWorldEnv(gym.Env):
     """One MetaWorld v3 task with camera images, proprioceptive state and an instruction."""
 
-    metadata = {"render_modes": ["rgb_array"], "render_fps": CONTROL_FPS}
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"], "render_fps": CONTROL_FPS}
 
     def __init__(self, task: str, cameras: Sequence[str] = ("corner2",), image_size: int = 64,
                  max_episode_steps: int = 150, shadows: bool = False, reflections: bool = False,

@@ -129,8 +129,9 @@ def evaluate(policy: Policy, env_cfg: Any, n_episodes: int, n_envs: int = 1, vec
                 video = None
                 if record and index < n_videos:
                     frames = [o[camera_key] for o in trace.observations]
-                    video = str(write_mp4(_video_path(Path(video_dir), task, index), frames, fps=20,
-                                          upscale=max(1, 256 // frames[0].shape[0])))
+                    path = write_mp4(_video_path(Path(video_dir), task, index), frames, fps=20,
+                                     upscale=max(1, 256 // frames[0].shape[0]))
+                    video = str(path.relative_to(Path(video_dir).parent))  # relative: reports stay portable
                 episodes.append(Episode(task=task, seed=trace.seed, success=trace.success, length=trace.length,
                                         sum_reward=trace.sum_reward, video=video))
                 steps += trace.length

@@ -37,6 +37,7 @@ def test_eval_sim_command_writes_reports_and_videos_with_async_envs(compose, tmp
     assert "95 % Wilson interval" in (tmp_path / "eval.md").read_text()
     videos = sorted((tmp_path / "videos").glob("*.mp4"))
     assert len(videos) == 1 and videos[0].stat().st_size > 1000
+    assert report["episodes"][0]["video"] == f"videos/{videos[0].name}"
 
 
 class _WrongShapePolicy:

@@ -11,7 +11,14 @@ from gymnasium.utils.env_checker import data_equivalence
 from sim.eval_report import wilson_interval
 from sim.metaworld_env import MetaWorldEnv
 from sim.policy_io import observation_to_batch
-from sim.tasks import TESTED_TASKS, all_tasks, canonical_task, instruction, resolve_tasks, task_for_instruction
+from sim.tasks import (
+    TESTED_TASKS,
+    all_tasks,
+    canonical_task,
+    instruction,
+    resolve_tasks,
+    task_for_instruction,
+)
 
 
 @pytest.mark.parametrize("task", TESTED_TASKS)
@@ -23,7 +30,7 @@ def test_task_resets_and_steps_with_declared_observations(task):
             assert env.observation_space.contains(obs), {k: (v.shape, v.dtype) for k, v in obs.items()}
             for value in obs.values():
                 assert np.all(np.isfinite(value))
-            obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
+            obs, reward, _terminated, truncated, info = env.step(env.action_space.sample())
             assert np.isfinite(reward) and isinstance(info["is_success"], bool)
         assert truncated, "the episode must be truncated at max_episode_steps"
         image = obs["observation.images.corner2"]

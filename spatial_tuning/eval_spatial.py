@@ -128,8 +128,9 @@ def evaluate_checkpoint(source: Any, samples: Sequence[SpatialSample], cfg: Dict
     if source not in (None, "model"):
         model_cfg["source"] = str(source)
     model, processor = load_backbone(model_cfg)
-    completions = generate_answers(model, processor, samples, think=cfg.think, batch_size=int(cfg.batch_size),
-                                   max_new_tokens=int(cfg.max_new_tokens), desc=f"eval {name}")
+    completions = generate_answers(model, processor, samples, think=cfg.think,
+                                   batch_size=int(cfg.generation.batch_size),
+                                   max_new_tokens=int(cfg.generation.max_new_tokens), desc=f"eval {name}")
     # Format means the think format where the think prompt was used, a plain non-empty answer elsewhere.
     records = [score_answer(c, s, require_think=s.think if cfg.think is None else bool(cfg.think))
                for c, s in zip(completions, samples)]
@@ -188,13 +189,26 @@ def load_eval_samples(cfg: DictConfig) -> list[SpatialSample]:
     if cfg.benchmarks.vsi_bench:
         samples += read_vsi_bench(cfg.benchmarks.vsi_bench, max_samples=limit,
                                   num_frames=int(cfg.benchmarks.vsi_num_frames))
+    samples = [s for s in samples if s.meta_info.get("mode") in METRIC_NAMES]
+    if cfg.data.max_per_skill:
+        samples = first_per_skill(samples, int(cfg.data.max_per_skill))
     if cfg.data.max_samples:
         samples = samples[: int(cfg.data.max_samples)]
-    samples = [s for s in samples if s.meta_info.get("mode") in METRIC_NAMES]
     if not samples:
         raise ValueError("no scorable samples: pass data.paths=[...test.parquet] and/or benchmarks.cv_bench=DIR / "
                          "benchmarks.vsi_bench=DIR (samples need meta_info.mode)")
     return samples
+
+
+def first_per_skill(samples: Sequence[SpatialSample], limit: int) -> list[SpatialSample]:
+    """The first `limit` samples of every skill, in their original order (a small run still covers each skill)."""
+    seen: dict[str, int] = defaultdict(int)
+    kept = []
+    for sample in samples:
+        if seen[sample.skill] < limit:
+            seen[sample.skill] += 1
+            kept.append(sample)
+    return kept
 
 
 def evaluate(cfg: DictConfig, samples: Sequence[SpatialSample], out_dir: Path) -> dict[str, Any]:

@@ -67,7 +67,8 @@ def test_scores_and_chance_per_skill():
 
 
 def test_evaluate_writes_metrics_and_one_table(tiny_checkpoint_dir, compose, tmp_path, capsys):
-    cfg = compose("eval-spatial", ["experiment=tiny", "model.device=cpu", "max_new_tokens=4", "batch_size=3",
+    cfg = compose("eval-spatial", ["experiment=tiny", "model.device=cpu", "generation.max_new_tokens=4",
+                                   "generation.batch_size=3",
                                    f"+checkpoints.untuned_again={tiny_checkpoint_dir}", "checkpoints.model=tiny"])
     result = evaluate(cfg, eval_samples(), tmp_path)
     printed = capsys.readouterr().out
@@ -86,3 +87,23 @@ def test_render_table_marks_missing_values():
     results = {"a": {"skills": {"s": {"mode": "numeric", "n": 1, "metric": "MRA", "value": 0.5, "chance": float("nan")}},
                      "format_rate": 1.0}}
     assert "| s | 1 | MRA | - | 0.500 |" in render_table(results)
+
+
+def test_first_per_skill_keeps_every_skill():
+    from spatial_tuning.eval_spatial import first_per_skill
+
+    kept = first_per_skill(eval_samples(), 1)
+    assert [s.id for s in kept] == ["mc0", "num0", "box0"]
+
+
+def test_cli_reads_vst_parquet_and_writes_metrics(tmp_path):
+    from spatial_tuning.vst_format import write_parquet
+    from vst_vla.cli import run_command
+
+    data = write_parquet(eval_samples(), tmp_path / "test.parquet")
+    result = run_command("eval-spatial", [f"hydra.run.dir={tmp_path / 'run'}", f"data.paths=[{data}]",
+                                          "model.device=cpu", "generation.max_new_tokens=2", "data.max_per_skill=1"])
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved["n_samples"] == 3 and set(saved["checkpoints"]["model"]["skills"]) == {"bbox3d", "depth_comparison",
+                                                                                       "distance"}
+    assert result["table"].splitlines()[0] == "| skill | n | metric | chance | model |"

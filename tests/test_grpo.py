@@ -154,3 +154,14 @@ def test_image_tokens_stay_aligned_for_prompts_of_different_lengths(compose, tmp
         assert torch.equal(prompt_types == 1, out["prompt_ids"] == model.config.image_token_id)
         assert torch.isfinite(trainer.compute_loss(trainer.model, out))
     assert processor.tokenizer.padding_side == "right"  # restored for the saved checkpoint
+
+
+def test_cli_reads_vst_parquet(tmp_path):
+    from spatial_tuning.vst_format import write_parquet
+    from vst_vla.cli import run_command
+
+    data = write_parquet(rl_samples(2), tmp_path / "train.parquet")
+    summary = run_command("rl", [f"hydra.run.dir={tmp_path / 'run'}", f"data.paths=[{data}]", "model.device=cpu",
+                                 "grpo.max_steps=1", "grpo.num_generations=2", "grpo.per_device_train_batch_size=2",
+                                 "grpo.max_completion_length=4", "grpo.report_to=[]"])
+    assert summary["steps"] == 1 and (tmp_path / "run" / "checkpoint-final" / "config.json").is_file()

@@ -20,9 +20,17 @@ from vst_vla.hydra_run import resolve_out
 log = logging.getLogger(__name__)
 
 
-def policy_name(cfg: DictConfig) -> str:
-    """A readable name for reports: the policy target's last component (e.g. `ScriptedExpert`)."""
-    return str(cfg.policy.get("_target_", "policy")).rsplit(".", 1)[-1]
+def policy_name(cfg: DictConfig, policy: object) -> str:
+    """A readable name for reports: the `policy=` choice under Hydra (e.g. `expert`), else the class name."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        choice = HydraConfig.get().runtime.choices.get("policy")
+        if choice:
+            return str(choice)
+    except ValueError:  # not under Hydra (a test composing the config)
+        pass
+    return type(policy).__name__
 
 
 def run(cfg: DictConfig) -> EvalResult:
@@ -31,7 +39,7 @@ def run(cfg: DictConfig) -> EvalResult:
     policy = instantiate(cfg.policy, _convert_="all")
     result = evaluate(policy, cfg.env, n_episodes=int(cfg.episodes), n_envs=int(cfg.n_envs),
                       vector_mode=str(cfg.vector), seed=int(cfg.seed), video_dir=out / "videos",
-                      n_videos=int(cfg.n_videos), policy_name=policy_name(cfg))
+                      n_videos=int(cfg.n_videos), policy_name=policy_name(cfg, policy))
     result.write(out)
     print(result.summary_line())
     print(f"wrote {out / 'eval.json'}, {out / 'eval.md'}")

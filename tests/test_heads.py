@@ -79,3 +79,18 @@ def test_cached_token_decoding_matches_full_forward_passes(dataset_root, tiny_ba
             hidden = policy.vlm(inputs.extended(bins + head.first_token_id), state).last_hidden_state[:, -1]
             bins = torch.cat([bins, head._action_logits(policy.vlm, hidden).argmax(-1, keepdim=True)], dim=1)
     assert torch.equal(cached, bins)
+
+
+def test_flow_conditioning_cache_follows_weight_updates(dataset_root, tiny_backbone):
+    loaded, dataset = build("flow", dataset_root, tiny_backbone)
+    policy, head = loaded.policy.eval(), loaded.policy.head
+    batch = loaded.preprocessor(next(iter(torch.utils.data.DataLoader(dataset, batch_size=2))))
+    inputs, state = policy.prepare_inputs(batch)
+    noise = torch.randn(2, head.chunk_size, head.action_dim)
+    before = head.predict(policy.vlm, inputs, state, noise=noise)
+    with torch.no_grad():
+        head.time_mlp[0].weight.add_(0.5)  # what an optimizer step does: an in-place update
+    cached = head.predict(policy.vlm, inputs, state, noise=noise)
+    head._conditioning_key = None
+    fresh = head.predict(policy.vlm, inputs, state, noise=noise)
+    assert not torch.equal(before, cached) and torch.equal(cached, fresh)

@@ -19,14 +19,14 @@ from policies.vlm import PromptInputs, VLMBackbone
 
 class ExpertLayer(nn.Module):
     """One pi0-style expert block: the action tokens attend jointly to the backbone context (keys and values
-    cached per chunk) and to themselves in a single attention, then an MLP."""
+    cached per chunk) and to themselves in a single attention; attention and MLP run in parallel on one
+    normalised input (GPT-J/PaLM's parallel block, fewer sequential ops per integration step)."""
 
     def __init__(self, dim: int, heads: int):
         super().__init__()
         self.heads = heads
-        self.norm_attn, self.qkv, self.out = nn.LayerNorm(dim), nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.norm, self.qkv, self.out = nn.LayerNorm(dim), nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
         self.context_kv_proj = nn.Linear(dim, 2 * dim)
-        self.norm_mlp = nn.LayerNorm(dim)
         self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
 
     def _split(self, x: Tensor) -> Tensor:
@@ -37,12 +37,12 @@ class ExpertLayer(nn.Module):
         k, v = self.context_kv_proj(context).chunk(2, dim=-1)
         return self._split(k), self._split(v)
 
-    def forward(self, x: Tensor, kv: tuple[Tensor, Tensor], mask: Tensor) -> Tensor:
-        q, k, v = self._split(self.qkv(self.norm_attn(x))).chunk(3, dim=-1)
+    def forward(self, x: Tensor, kv: tuple[Tensor, Tensor], mask: Tensor | None) -> Tensor:
+        normed = self.norm(x)
+        q, k, v = self._split(self.qkv(normed)).chunk(3, dim=-1)
         k, v = torch.cat([kv[0], k], dim=2), torch.cat([kv[1], v], dim=2)
         attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        x = x + self.out(attended.transpose(1, 2).flatten(2))
-        return x + self.mlp(self.norm_mlp(x))
+        return x + self.out(attended.transpose(1, 2).flatten(2)) + self.mlp(normed)
 
 
 class FlowMatchingHead(ActionHead):
@@ -65,16 +65,28 @@ class FlowMatchingHead(ActionHead):
     def _context(self, vlm: VLMBackbone, inputs: PromptInputs, state: Tensor | None):
         hidden = vlm(inputs, state).last_hidden_state.float()
         context = self.context_proj(hidden)
-        # Action tokens see every real context token (never padding) and every action token.
-        own = torch.ones(hidden.shape[0], self.chunk_size, dtype=torch.bool, device=hidden.device)
-        mask = torch.cat([inputs.attention_mask.bool(), own], dim=1)[:, None, None, :]
+        # Action tokens see every real context token (never padding) and every action token; without padding
+        # no mask is needed (SDPA is faster without one).
+        mask = None
+        if not bool(inputs.attention_mask.all()):
+            own = torch.ones(hidden.shape[0], self.chunk_size, dtype=torch.bool, device=hidden.device)
+            mask = torch.cat([inputs.attention_mask.bool(), own], dim=1)[:, None, None, :]
         return [layer.context_kv(context) for layer in self.layers], mask
 
     def conditioning(self, t: Tensor) -> Tensor:
         """Per-token conditioning [len(t), H, dim]: chunk positions plus the embedded flow time."""
         return self.positions + self.time_mlp(sinusoidal_embedding(t, self.dim))[:, None, :]
 
-    def velocity(self, noisy: Tensor, conditioning: Tensor, kvs: list, mask: Tensor) -> Tensor:
+    def _integration_conditioning(self, device: torch.device) -> Tensor:
+        """Conditioning of the K fixed integration times, cached until a weight it depends on changes."""
+        params = [self.positions, *self.time_mlp.parameters()]
+        key = (self.num_steps, str(device), *(p._version for p in params), *(p.data_ptr() for p in params))
+        if getattr(self, "_conditioning_key", None) != key:
+            times = 1.0 - torch.arange(self.num_steps, device=device) / self.num_steps
+            self._conditioning_cache, self._conditioning_key = self.conditioning(times), key
+        return self._conditioning_cache
+
+    def velocity(self, noisy: Tensor, conditioning: Tensor, kvs: list, mask: Tensor | None) -> Tensor:
         """The expert's velocity field for noisy chunks [B, H, A] under `conditioning` [B or 1, H, dim]."""
         x = self.action_in(noisy) + conditioning
         for layer, kv in zip(self.layers, kvs, strict=True):
@@ -96,10 +108,9 @@ class FlowMatchingHead(ActionHead):
     def predict(self, vlm: VLMBackbone, inputs: PromptInputs, state: Tensor | None, noise: Tensor | None = None) -> Tensor:
         kvs, mask = self._context(vlm, inputs, state)
         batch = inputs.input_ids.shape[0]
-        x = noise if noise is not None else torch.randn(batch, self.chunk_size, self.action_dim, device=mask.device)
+        x = noise if noise is not None else torch.randn(batch, self.chunk_size, self.action_dim, device=inputs.input_ids.device)
         dt = 1.0 / self.num_steps
-        # The K times are fixed, so their conditioning is computed once for the whole integration.
-        conditioning = self.conditioning(1.0 - dt * torch.arange(self.num_steps, device=x.device))
+        conditioning = self._integration_conditioning(x.device)
         for step in range(self.num_steps):
             x = torch.add(x, self.velocity(x, conditioning[step:step + 1], kvs, mask), alpha=-dt)
         return x

@@ -36,8 +36,11 @@ $(ROBOT_STAMP):
 
 robot-venv: $(ROBOT_STAMP)
 
+# The main job on the embedded default. Rerunning resumes: finished stages are skipped (rm -rf outputs/demo to redo).
+DEMO_DIR ?= outputs/demo
 demo: $(STAMP)
-	$(VENV)/bin/vst-vla demo
+	$(VENV)/bin/vst-vla pipeline experiment=tiny output_dir=$(DEMO_DIR)
+	@echo "report: $(DEMO_DIR)/report.md (and report.html)"
 
 test: $(STAMP) $(ROBOT_STAMP)
 	$(VENV)/bin/python -m pytest tests

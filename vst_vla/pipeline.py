@@ -61,6 +61,15 @@ def _model_overrides(source: str | Path) -> list[str]:
     return [f"model.source={source}"]
 
 
+def _resume_vla(stage_dir: Path) -> list[str]:
+    """Re-entering an interrupted VLA run: resume from its last complete checkpoint when it has one."""
+    from vst_vla.atomic import is_complete
+
+    checkpoints = stage_dir / "checkpoints"
+    has_one = checkpoints.is_dir() and any(is_complete(c) for c in checkpoints.glob("checkpoint-*"))
+    return ["train.resume=true"] if has_one else []
+
+
 STAGES: list[Stage] = [
     Stage("synth", "synth", lambda L: [], "summary.json"),
     Stage("sft", "sft", lambda L: [
@@ -73,15 +82,17 @@ STAGES: list[Stage] = [
     ], "checkpoint-final"),
     Stage("eval_spatial", "eval-spatial", lambda L: [
         f"data.paths=[{L.stage('synth') / 'vst_p' / 'test.parquet'},{L.stage('synth') / 'vst_r' / 'test.parquet'}]",
-        f"checkpoints={{untuned: {L.untuned_source}, sft: {L.stage('sft') / 'checkpoint-final'}, "
+        # replace (not merge into) the config's default checkpoint map
+        "~checkpoints", f"+checkpoints={{untuned: {L.untuned_source}, sft: {L.stage('sft') / 'checkpoint-final'}, "
         f"rl: {L.stage('rl') / 'checkpoint-final'}}}",
     ], "metrics.json"),
     Stage("collect", "collect", lambda L: [], "meta/info.json"),
     Stage("vla", "vla", lambda L: [
-        *_model_overrides(L.stage("rl") / "checkpoint-final"), f"dataset.root={L.stage('collect')}", "resume=true",
+        *_model_overrides(L.stage("rl") / "checkpoint-final"), f"dataset_root={L.stage('collect')}",
+        *_resume_vla(L.stage("vla")),
     ], "policy"),
     Stage("vla_control", "vla", lambda L: [
-        *_model_overrides(L.untuned_source), f"dataset.root={L.stage('collect')}", "resume=true",
+        *_model_overrides(L.untuned_source), f"dataset_root={L.stage('collect')}", *_resume_vla(L.stage("vla_control")),
     ], "policy"),
     Stage("eval_sim", "eval-sim", lambda L: ["policy=vst_vla", f"policy.path={L.stage('vla') / 'policy'}"],
           "eval.json"),

@@ -74,22 +74,33 @@ def rl_section(root: Path, fig_dir: Path) -> tuple[list[str], list[Path]]:
     summary = _load_json(root / "rl" / "rl_summary.json") or {}
     if not rows and not summary:
         return ["RL: not run."], []
-    keys = sorted({k for r in rows for k in r if k.startswith("reward") and not k.endswith("_std")})
+    keys = sorted({k for r in rows for k in r if k.startswith("reward") and "std" not in k})
 
     def draw(ax):
         if not rows:
             return False
+        import numpy as np
+
         for key in keys:
             points = [(r.get("step", i), r[key]) for i, r in enumerate(rows) if key in r]
-            ax.plot([p[0] for p in points], [p[1] for p in points], label=key)
+            steps, values = np.array([p[0] for p in points]), np.array([p[1] for p in points], dtype=float)
+            # Per-step group rewards are noisy at this size: a trailing mean over 10 steps shows the trend.
+            window = min(10, len(values))
+            smooth = np.convolve(values, np.ones(window) / window, mode="valid")
+            line, = ax.plot(steps[window - 1:], smooth, label=f"{key} (mean of {window})")
+            ax.plot(steps, values, color=line.get_color(), alpha=0.2, linewidth=0.8)
         ax.set_xlabel("step")
         ax.set_ylabel("reward")
         ax.set_title("GRPO / DAPO reward components")
         ax.legend(fontsize=7)
 
     fig = _figure(fig_dir / "rl_rewards.png", draw)
-    lines = [", ".join(f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}" for k, v in summary.items()
-                       if not isinstance(v, (dict, list)))]
+    lines = ["| quantity | first 20 % of steps | last 20 % of steps |", "|---|---|---|"]
+    for quantity in ("reward", "accuracy", "format"):
+        first, last = summary.get(f"{quantity}_first_20pct"), summary.get(f"{quantity}_last_20pct")
+        if first is not None and last is not None:
+            lines.append(f"| mean {quantity} | {first:.4f} | {last:.4f} |")
+    lines += ["", f"{summary.get('steps', len(rows))} GRPO steps; checkpoint `{summary.get('checkpoint')}`."]
     return lines, [fig] if fig else []
 
 
@@ -121,9 +132,8 @@ def spatial_section(root: Path, fig_dir: Path) -> tuple[list[str], list[Path]]:
 
 
 def _success(result: dict) -> tuple[float, float, float]:
-    rate = result.get("success_rate", float("nan"))
-    low, high = result.get("ci95", result.get("wilson_95", (float("nan"), float("nan"))))
-    return rate, low, high
+    nan = float("nan")
+    return result.get("success_rate", nan), result.get("ci95_low", nan), result.get("ci95_high", nan)
 
 
 def sim_section(root: Path, fig_dir: Path) -> tuple[list[str], list[Path]]:
@@ -171,7 +181,9 @@ def timings_section(summary: dict) -> list[str]:
     for name, record in summary["stages"].items():
         lines.append(f"| {name} | `vst-vla {record['command']}` | {record['seconds']} | "
                      f"{'skipped (done before)' if record.get('skipped') else ''} |")
-    lines.append(f"| **total** | | {summary['wall_seconds']} | peak RSS {summary['peak_rss_mb']} MB |")
+    total = round(sum(r["seconds"] for r in summary["stages"].values()), 1)
+    lines.append(f"| **all stages** | | {total} | |")
+    lines.append(f"| this invocation (wall) | | {summary['wall_seconds']} | peak RSS {summary['peak_rss_mb']} MB |")
     return lines
 
 

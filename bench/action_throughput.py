@@ -1,6 +1,6 @@
 """Action throughput of the three heads on the same tiny backbone and inputs, against one bare prefill.
 
-    python bench/action_throughput.py [--chunk-size H] [--flow-steps K] [--action-dim 7] [--repeats 50]
+    python bench/action_throughput.py [--chunk-size H] [--flow-steps K] [--action-dim 7] [--repeats 200]
 
 For each head: chunk latency (one `predict` from prepared prompt inputs: backbone pass(es) plus head) and
 actions per second (chunk_size / latency; the tokens head yields one action per call, decoding one token per
@@ -77,7 +77,7 @@ def main() -> None:
     parser.add_argument("--action-dim", type=int, default=7, help="7: the paper's LIBERO end-effector + gripper")
     parser.add_argument("--state-dim", type=int, default=8)
     parser.add_argument("--image-size", type=int, default=84)
-    parser.add_argument("--repeats", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=200)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -46,7 +46,7 @@ class ExpertLayer(nn.Module):
 
 
 class FlowMatchingHead(ActionHead):
-    """Flow matching (noise at t=1, actions at t=0) with a small cross-attending action expert."""
+    """Flow matching (noise at t=1, actions at t=0) with a small action expert attending to the backbone."""
 
     def __init__(self, hidden_size: int, action_dim: int, config: Any, backbone_layers: int = 1):
         super().__init__(hidden_size, action_dim, config, backbone_layers)

@@ -98,7 +98,10 @@ STAGES: list[Stage] = [
           "eval.json"),
     Stage("eval_sim_control", "eval-sim", lambda L: [
         "policy=vst_vla", f"policy.path={L.stage('vla_control') / 'policy'}"], "eval.json"),
-    Stage("export", "export", lambda L: [f"policy_path={L.stage('vla') / 'policy'}"], "bundle"),
+    Stage("export", "export", lambda L: [
+        f"policy_path={L.stage('vla') / 'policy'}", f"card.eval_results={L.stage('eval_sim') / 'eval.json'}",
+        f"card.training_data='scripted-expert demonstrations recorded by vst-vla collect into {L.stage('collect')}'",
+    ], "bundle"),
 ]
 STAGE_NAMES = [s.name for s in STAGES]
 

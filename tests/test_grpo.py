@@ -46,7 +46,8 @@ def rl_samples(n: int = 4) -> list[SpatialSample]:
 
 def _cfg(compose, *overrides):
     return compose("rl", ["experiment=tiny", "model.device=cpu", "grpo.report_to=[]", "grpo.max_completion_length=8",
-                          "grpo.num_generations=2", "grpo.per_device_train_batch_size=4", *overrides])
+                          "grpo.num_generations=2", "grpo.per_device_train_batch_size=4", "grpo.beta=0.0",
+                          "grpo.dapo_filter=true", *overrides])
 
 
 def test_rows_keep_rule_checkable_image_samples():
@@ -81,9 +82,12 @@ def test_vllm_only_with_vllm_and_gpu():
 
 
 def test_config_maps_the_paper_settings(compose, tmp_path):
-    args = grpo_config(_cfg(compose, "grpo.beta=0.04", "grpo.loss_type=grpo"), tmp_path)
-    assert (args.epsilon, args.epsilon_high, args.beta, args.loss_type) == (0.2, 0.28, 0.04, "grpo")
-    assert args.reward_weights == [0.5, 0.5] and args.temperature == 1.0 and not args.bf16 and not args.use_vllm
+    cfg = compose("rl", ["model.device=cpu"])
+    args = grpo_config(cfg, tmp_path)
+    assert (args.num_generations, args.learning_rate, args.temperature) == (5, 1e-6, 1.0)
+    assert (args.epsilon, args.epsilon_high, args.beta, args.loss_type) == (0.2, 0.28, 0.0, "dapo")
+    assert args.reward_weights == [0.5, 0.5] and not args.bf16 and not args.use_vllm and cfg.grpo.dapo_filter
+    assert grpo_config(_cfg(compose, "grpo.beta=0.04", "grpo.loss_type=grpo"), tmp_path).beta == 0.04
 
 
 def test_two_step_run_saves_a_loadable_checkpoint(compose, tmp_path):

@@ -213,7 +213,7 @@ def first_per_skill(samples: Sequence[SpatialSample], limit: int) -> list[Spatia
 
 def evaluate(cfg: DictConfig, samples: Sequence[SpatialSample], out_dir: Path) -> dict[str, Any]:
     """Evaluate every checkpoint in `cfg.checkpoints` on `samples`; write metrics.json / metrics.md."""
-    checkpoints = OmegaConf.to_container(cfg.checkpoints, resolve=True) or {"model": "model"}
+    checkpoints = OmegaConf.to_container(cfg.checkpoints, resolve=True) if cfg.checkpoints else {"model": "model"}
     results = {name: evaluate_checkpoint(source, samples, cfg, name=name) for name, source in checkpoints.items()}
     table = render_table(results)
     write_json(out_dir / "metrics.json", {"n_samples": len(samples), "checkpoints": results})

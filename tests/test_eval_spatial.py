@@ -69,7 +69,7 @@ def test_scores_and_chance_per_skill():
 def test_evaluate_writes_metrics_and_one_table(tiny_checkpoint_dir, compose, tmp_path, capsys):
     cfg = compose("eval-spatial", ["experiment=tiny", "model.device=cpu", "generation.max_new_tokens=4",
                                    "generation.batch_size=3",
-                                   f"+checkpoints.untuned_again={tiny_checkpoint_dir}", "checkpoints.model=tiny"])
+                                   f"checkpoints={{model: tiny, untuned_again: {tiny_checkpoint_dir}}}"])
     result = evaluate(cfg, eval_samples(), tmp_path)
     printed = capsys.readouterr().out
     assert printed.strip() == result["table"]

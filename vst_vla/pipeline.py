@@ -82,8 +82,7 @@ STAGES: list[Stage] = [
     ], "checkpoint-final"),
     Stage("eval_spatial", "eval-spatial", lambda L: [
         f"data.paths=[{L.stage('synth') / 'vst_p' / 'test.parquet'},{L.stage('synth') / 'vst_r' / 'test.parquet'}]",
-        # replace (not merge into) the config's default checkpoint map
-        "~checkpoints", f"+checkpoints={{untuned: {L.untuned_source}, sft: {L.stage('sft') / 'checkpoint-final'}, "
+        f"checkpoints={{untuned: {L.untuned_source}, sft: {L.stage('sft') / 'checkpoint-final'}, "
         f"rl: {L.stage('rl') / 'checkpoint-final'}}}",
     ], "metrics.json"),
     Stage("collect", "collect", lambda L: [], "meta/info.json"),

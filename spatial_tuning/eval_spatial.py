@@ -22,9 +22,17 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from spatial_tuning import metrics
-from spatial_tuning.rewards import (bbox3d_scores, extract_choice, extract_number, format_reward,
-                                    ground_truth_boxes, ground_truth_choice, option_texts, parse_boxes,
-                                    split_answer)
+from spatial_tuning.rewards import (
+    bbox3d_scores,
+    extract_choice,
+    extract_number,
+    format_reward,
+    ground_truth_boxes,
+    ground_truth_choice,
+    option_texts,
+    parse_boxes,
+    split_answer,
+)
 from spatial_tuning.sample import SpatialSample
 from vst_vla.atomic import write_json, write_text
 from vst_vla.backbone import device_of, load_backbone

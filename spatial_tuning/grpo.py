@@ -93,7 +93,7 @@ def make_reward_funcs(require_think: bool = True) -> list[Callable[..., list[flo
     def accuracy(prompts, completions, meta_info, **kwargs) -> list[float]:
         return [accuracy_reward(_text(c), parse_meta_info(m)) for c, m in zip(completions, meta_info)]
 
-    def format(prompts, completions, think=None, **kwargs) -> list[float]:  # noqa: A001 - TRL logs rewards/<name>
+    def format(prompts, completions, think=None, **kwargs) -> list[float]:
         wants = think if think is not None else [require_think] * len(completions)
         return [format_reward(_text(c), require_think=bool(w)) for c, w in zip(completions, wants)]
 

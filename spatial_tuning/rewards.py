@@ -148,8 +148,7 @@ def choice_accuracy(answer: str, meta_info: Mapping[str, Any]) -> float:
 # --- numeric --------------------------------------------------------------------------------------------
 
 _NUMBER_WORDS = {w: float(i) for i, w in enumerate(
-    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
-    "seventeen eighteen nineteen twenty".split())}
+    ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen", "twenty"])}
 # Metres per unit, so "150 cm" scores against a reference given in metres.
 _LENGTH_UNITS = {"mm": 1e-3, "millimeter": 1e-3, "millimetre": 1e-3, "cm": 1e-2, "centimeter": 1e-2,
                  "centimetre": 1e-2, "m": 1.0, "meter": 1.0, "metre": 1.0, "km": 1e3, "kilometer": 1e3,

@@ -7,7 +7,13 @@ import math
 import numpy as np
 import pytest
 
-from spatial_tuning.geometry3d import box_corners, box_iou_3d, box_volume, intersection_volume, rotation_matrix
+from spatial_tuning.geometry3d import (
+    box_corners,
+    box_iou_3d,
+    box_volume,
+    intersection_volume,
+    rotation_matrix,
+)
 
 
 @pytest.mark.parametrize("a, b, iou", [

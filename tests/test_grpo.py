@@ -9,8 +9,17 @@ import pytest
 import torch
 from PIL import Image
 
-from spatial_tuning.grpo import (DapoGRPOTrainer, grpo_config, left_padding, make_reward_funcs, rl_dataset, rl_rows,
-                                 train_rl, vision_token_ids, vllm_usable)
+from spatial_tuning.grpo import (
+    DapoGRPOTrainer,
+    grpo_config,
+    left_padding,
+    make_reward_funcs,
+    rl_dataset,
+    rl_rows,
+    train_rl,
+    vision_token_ids,
+    vllm_usable,
+)
 from spatial_tuning.sample import SpatialSample
 from vst_vla.backbone import load_backbone
 

@@ -6,8 +6,15 @@ import math
 
 import pytest
 
-from spatial_tuning.metrics import (MRA_THRESHOLDS, average_precision_3d, bbox3d_chance, choice_chance,
-                                    exact_match, mean_relative_accuracy, numeric_chance)
+from spatial_tuning.metrics import (
+    MRA_THRESHOLDS,
+    average_precision_3d,
+    bbox3d_chance,
+    choice_chance,
+    exact_match,
+    mean_relative_accuracy,
+    numeric_chance,
+)
 
 
 def test_thresholds_are_vsi_benchs():

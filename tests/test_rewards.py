@@ -7,9 +7,18 @@ import math
 
 import pytest
 
-from spatial_tuning.rewards import (accuracy_reward, bbox3d_scores, extract_choice, extract_number, format_reward,
-                                    label_similarity, parse_boxes, relaxed_numeric_accuracy, split_answer,
-                                    vst_reward)
+from spatial_tuning.rewards import (
+    accuracy_reward,
+    bbox3d_scores,
+    extract_choice,
+    extract_number,
+    format_reward,
+    label_similarity,
+    parse_boxes,
+    relaxed_numeric_accuracy,
+    split_answer,
+    vst_reward,
+)
 
 MC = {"mode": "multiple_choice", "answer": "B", "options": ["red box", "blue ball", "green cup", "both"]}
 NUM = {"mode": "numeric", "answer": 2.0, "unit": "m"}

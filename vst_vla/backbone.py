@@ -38,7 +38,7 @@ class BackboneConfig:
     tiny: Mapping[str, Any] | None = None
 
     @classmethod
-    def from_any(cls, cfg: "BackboneConfig | Mapping[str, Any] | str | Path") -> "BackboneConfig":
+    def from_any(cls, cfg: BackboneConfig | Mapping[str, Any] | str | Path) -> BackboneConfig:
         if isinstance(cfg, BackboneConfig):
             return cfg
         if isinstance(cfg, (str, Path)):
@@ -105,7 +105,7 @@ def load_processor(path: Path, cfg: BackboneConfig):
         kwargs["size"] = {"shortest_edge": int(cfg.min_pixels), "longest_edge": int(cfg.max_pixels)}
     try:
         return AutoProcessor.from_pretrained(path, **kwargs)
-    except Exception as err:  # noqa: BLE001 - re-raised with the path named
+    except Exception as err:
         raise CheckpointError(f"cannot load the processor from {path}: {err}") from err
 
 
@@ -125,7 +125,7 @@ def load_backbone(cfg: BackboneConfig | Mapping[str, Any] | str | Path = "tiny")
     processor = load_processor(path, cfg)
     try:
         model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, attn_implementation=attention)
-    except Exception as err:  # noqa: BLE001 - re-raised with the path named
+    except Exception as err:
         raise CheckpointError(f"cannot load model weights from {path}: {err}") from err
     model.to(device)
     log.info("loaded backbone %s (%s, %s, %s, %.1fM params)", path, device, dtype, attention,

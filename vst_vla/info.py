@@ -8,7 +8,13 @@ import platform
 import torch
 from omegaconf import DictConfig
 
-from vst_vla.runtime import flash_attention_available, resolve_attention, resolve_device, resolve_dtype, select_mujoco_renderer
+from vst_vla.runtime import (
+    flash_attention_available,
+    resolve_attention,
+    resolve_device,
+    resolve_dtype,
+    select_mujoco_renderer,
+)
 
 _PACKAGES = ("torch", "torchvision", "transformers", "trl", "accelerate", "peft", "lerobot", "mujoco", "metaworld",
              "gymnasium", "hydra-core", "flash-attn", "vllm")

@@ -38,7 +38,7 @@ class Stage:
 
     name: str
     command: str
-    wiring: Callable[["Layout"], list[str]]
+    wiring: Callable[[Layout], list[str]]
     artifact: str  # path relative to the stage folder whose presence means the command finished its work
 
 

@@ -202,7 +202,7 @@ def write_report(root: Path, summary: dict) -> Path:
                          ("Spatial metrics per skill", spatial_section), ("Simulation: tuned vs control", sim_section)):
         try:
             lines, figures = build(root, fig_dir)
-        except Exception as err:  # noqa: BLE001 - a broken section must not hide the others
+        except Exception as err:
             log.exception("report section %s failed", title)
             lines, figures = [f"(section failed: {err})"], []
         sections.append((title, lines, figures))

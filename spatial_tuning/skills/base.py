@@ -144,12 +144,16 @@ def pick(rng: np.random.Generator, items: list, k: int) -> list:
     return [items[i] for i in rng.choice(len(items), size=k, replace=False)]
 
 
-def pick_view(ctx: SceneContext, rng: np.random.Generator, need: int, min_fraction: float = 0.6) -> str | None:
-    """A random single-image view with at least `need` clearly seen objects, or None."""
+def pick_objects(ctx: SceneContext, rng: np.random.Generator, need: int, count: int | tuple[int, int],
+                 min_fraction: float = 0.6) -> tuple[str, list[str]] | None:
+    """A random single-image view with at least `need` clearly seen objects and a random choice of them: `count`
+    of them, or `rng.integers(*count)` for a range (at most as many as are seen); None when no view has enough."""
     for index in rng.permutation(len(ctx.single_views)):
         camera = ctx.single_views[index]
-        if len(ctx.clear(camera, min_fraction)) >= need:
-            return camera
+        labels = ctx.clear(camera, min_fraction)
+        if len(labels) >= need:
+            k = count if isinstance(count, int) else int(rng.integers(*count))
+            return camera, pick(rng, labels, min(len(labels), k))
     return None
 
 

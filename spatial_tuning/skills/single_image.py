@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from spatial_tuning.skills.base import Draft, SceneContext, pick, pick_view, separated, xyz
+from spatial_tuning.skills.base import Draft, SceneContext, pick_objects, separated, xyz
 from spatial_tuning.skills.registry import register
 
 SCENARIO = "single_image"
@@ -17,11 +17,10 @@ COUNT_CATEGORIES = {"box": "box-shaped objects (boxes and cubes)", "sphere": "sp
 @register("depth_comparison", SCENARIO)
 def depth_comparison(ctx: SceneContext, rng: np.random.Generator) -> Draft | None:
     """Which of 3-4 objects is closest to (or farthest from) the camera."""
-    camera = pick_view(ctx, rng, need=3)
-    if camera is None:
+    picked = pick_objects(ctx, rng, need=3, count=(3, 5))
+    if picked is None:
         return None
-    labels = ctx.clear(camera)
-    candidates = pick(rng, labels, min(len(labels), int(rng.integers(3, 5))))
+    camera, candidates = picked
     depths = {label: ctx.obj(camera, label).depth for label in candidates}
     closest = bool(rng.random() < 0.5)
     winner = (min if closest else max)(depths, key=depths.get)
@@ -38,10 +37,10 @@ def depth_comparison(ctx: SceneContext, rng: np.random.Generator) -> Draft | Non
 @register("absolute_depth", SCENARIO)
 def absolute_depth(ctx: SceneContext, rng: np.random.Generator) -> Draft | None:
     """How far an object's centre is from the camera along the viewing axis, in metres."""
-    camera = pick_view(ctx, rng, need=1)
-    if camera is None:
+    picked = pick_objects(ctx, rng, need=1, count=1)
+    if picked is None:
         return None
-    label = pick(rng, ctx.clear(camera), 1)[0]
+    camera, (label,) = picked
     obj = ctx.obj(camera, label)
     value = round(obj.depth, 2)
     return Draft("absolute_depth", SCENARIO, [camera],
@@ -54,10 +53,10 @@ def absolute_depth(ctx: SceneContext, rng: np.random.Generator) -> Draft | None:
 @register("object_distance", SCENARIO)
 def object_distance(ctx: SceneContext, rng: np.random.Generator) -> Draft | None:
     """The distance between two objects' centres, in metres."""
-    camera = pick_view(ctx, rng, need=2)
-    if camera is None:
+    picked = pick_objects(ctx, rng, need=2, count=2)
+    if picked is None:
         return None
-    a, b = pick(rng, ctx.clear(camera), 2)
+    camera, (a, b) = picked
     pa, pb = ctx.obj(camera, a).center_camera, ctx.obj(camera, b).center_camera
     value = round(float(np.linalg.norm(pa - pb)), 2)
     return Draft("object_distance", SCENARIO, [camera],
@@ -69,10 +68,10 @@ def object_distance(ctx: SceneContext, rng: np.random.Generator) -> Draft | None
 @register("object_size", SCENARIO)
 def object_size(ctx: SceneContext, rng: np.random.Generator) -> Draft | None:
     """An object's height or longest dimension, in centimetres."""
-    camera = pick_view(ctx, rng, need=1)
-    if camera is None:
+    picked = pick_objects(ctx, rng, need=1, count=1)
+    if picked is None:
         return None
-    label = pick(rng, ctx.clear(camera), 1)[0]
+    camera, (label,) = picked
     box = ctx.boxes[label]
     dims = ", ".join(f"{100 * s:.1f}" for s in box.size)
     if rng.random() < 0.5:

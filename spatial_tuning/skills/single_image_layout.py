@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from spatial_tuning.skills.base import BOX_FORMAT, Draft, SceneContext, pick, pick_view, separated, xyz
+from spatial_tuning.skills.base import BOX_FORMAT, Draft, SceneContext, pick, pick_objects, separated, xyz
 from spatial_tuning.skills.registry import register
 
 SCENARIO = "single_image"
@@ -18,10 +18,10 @@ AXIS_MARGIN_DEG = 15.0
 @register("relative_direction", SCENARIO)
 def relative_direction(ctx: SceneContext, rng: np.random.Generator) -> Draft | None:
     """Standing at A facing B, in which quadrant is C (on the table plane, VSI-Bench style)."""
-    camera = pick_view(ctx, rng, need=3)
-    if camera is None:
+    picked = pick_objects(ctx, rng, need=3, count=3)
+    if picked is None:
         return None
-    a, b, c = pick(rng, ctx.clear(camera), 3)
+    camera, (a, b, c) = picked
     pa, pb, pc = (ctx.boxes[x].center[:2] for x in (a, b, c))
     forward = (pb - pa) / np.linalg.norm(pb - pa)
     right = np.array([forward[1], -forward[0]])  # clockwise from forward, seen from above
@@ -42,11 +42,10 @@ def relative_direction(ctx: SceneContext, rng: np.random.Generator) -> Draft | N
 @register("height_comparison", SCENARIO)
 def height_comparison(ctx: SceneContext, rng: np.random.Generator) -> Draft | None:
     """Which of 3-4 objects is the tallest (or shortest)."""
-    camera = pick_view(ctx, rng, need=3)
-    if camera is None:
+    picked = pick_objects(ctx, rng, need=3, count=(3, 5))
+    if picked is None:
         return None
-    labels = ctx.clear(camera)
-    candidates = pick(rng, labels, min(len(labels), int(rng.integers(3, 5))))
+    camera, candidates = picked
     heights = {label: ctx.boxes[label].height for label in candidates}
     tallest = bool(rng.random() < 0.5)
     winner = (max if tallest else min)(heights, key=heights.get)
@@ -66,11 +65,10 @@ def _box_text(box: list[int]) -> str:
 @register("grounding_2d", SCENARIO)
 def grounding_2d(ctx: SceneContext, rng: np.random.Generator) -> Draft | None:
     """Which pixel box [x1, y1, x2, y2] encloses a named object (candidates are other objects' boxes)."""
-    camera = pick_view(ctx, rng, need=3)
-    if camera is None:
+    picked = pick_objects(ctx, rng, need=3, count=4)
+    if picked is None:
         return None
-    labels = ctx.clear(camera)
-    candidates = pick(rng, labels, min(len(labels), 4))
+    camera, candidates = picked
     target = candidates[0]
     boxes = {label: _box_text(ctx.obj(camera, label).visible_bbox_2d) for label in candidates}
     if len(set(boxes.values())) < len(boxes):
@@ -92,11 +90,10 @@ def _rounded_box(values: list[float]) -> list[float]:
 @register("bbox3d_detection", SCENARIO)
 def bbox3d_detection(ctx: SceneContext, rng: np.random.Generator) -> Draft | None:
     """The 3D boxes (VST convention, camera frame) of 1-3 named objects."""
-    camera = pick_view(ctx, rng, need=1, min_fraction=0.8)
-    if camera is None:
+    picked = pick_objects(ctx, rng, need=1, count=(1, 4), min_fraction=0.8)
+    if picked is None:
         return None
-    labels = ctx.clear(camera, 0.8)
-    targets = pick(rng, labels, min(len(labels), int(rng.integers(1, 4))))
+    camera, targets = picked
     answer = [{"label": label, "bbox_3d": _rounded_box(ctx.obj(camera, label).bbox_3d)} for label in targets]
     names = [f"the {label}" for label in targets]
     names = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from vst_vla.atomic import write_json
+from vst_vla.atomic import is_complete, write_json
 from vst_vla.hydra_run import resolve_out
 
 log = logging.getLogger(__name__)
@@ -47,14 +47,10 @@ class Layout:
     """Where each stage writes, under the pipeline's root folder."""
 
     root: Path
-    initial_model: dict
+    untuned_source: str  # the backbone the pipeline starts from (`model.source`)
 
     def stage(self, name: str) -> Path:
         return self.root / name
-
-    @property
-    def untuned_source(self) -> str:
-        return str(self.initial_model.get("source", "tiny"))
 
 
 def _model_overrides(source: str | Path) -> list[str]:
@@ -63,8 +59,6 @@ def _model_overrides(source: str | Path) -> list[str]:
 
 def _resume_vla(stage_dir: Path) -> list[str]:
     """Re-entering an interrupted VLA run: resume from its last complete checkpoint when it has one."""
-    from vst_vla.atomic import is_complete
-
     checkpoints = stage_dir / "checkpoints"
     has_one = checkpoints.is_dir() and any(is_complete(c) for c in checkpoints.glob("checkpoint-*"))
     return ["train.resume=true"] if has_one else []
@@ -176,7 +170,7 @@ def selected_stages(cfg: DictConfig) -> list[Stage]:
 def run(cfg: DictConfig) -> dict:
     """Entry point of `vst-vla pipeline`."""
     root = resolve_out(cfg)
-    layout = Layout(root=root, initial_model=OmegaConf.to_container(cfg.model, resolve=True))
+    layout = Layout(root=root, untuned_source=str(cfg.model.source))
     timings: dict[str, dict] = {}
     started = time.perf_counter()
     for stage in selected_stages(cfg):

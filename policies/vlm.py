@@ -134,6 +134,3 @@ class VLMBackbone(nn.Module):
         return self.model.model.language_model(inputs_embeds=self.model.get_input_embeddings()(token_ids),
                                                position_ids=positions, attention_mask=attention_mask,
                                                past_key_values=past_key_values, use_cache=True)
-
-    def lm_logits(self, hidden: Tensor) -> Tensor:
-        return self.model.lm_head(hidden)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any
 
 import torch
@@ -10,7 +11,7 @@ from torch import Tensor, nn
 from policies.vlm import PromptInputs, VLMBackbone
 
 
-class ActionHead(nn.Module):
+class ActionHead(nn.Module, ABC):
     """Turns backbone passes into normalised action chunks [B, chunk_size, action_dim] and a training loss."""
 
     n_query: int = 0  # action-query placeholder tokens this head needs at the end of the prompt
@@ -25,12 +26,14 @@ class ActionHead(nn.Module):
     def setup(self, vlm: VLMBackbone) -> None:
         """Hook for heads that change the backbone (new vocabulary); called once after construction."""
 
+    @abstractmethod
     def loss(self, vlm: VLMBackbone, inputs: PromptInputs, state: Tensor | None, actions: Tensor,
              action_is_pad: Tensor) -> tuple[Tensor, dict[str, float]]:
-        raise NotImplementedError
+        """Training loss on normalised `actions` [B, H, A] (padded steps masked out) and logged metrics."""
 
+    @abstractmethod
     def predict(self, vlm: VLMBackbone, inputs: PromptInputs, state: Tensor | None) -> Tensor:
-        raise NotImplementedError
+        """Normalised action chunk [B, chunk_size, action_dim] for the prompts in `inputs`."""
 
 
 def masked_mean(per_element: Tensor, action_is_pad: Tensor) -> Tensor:

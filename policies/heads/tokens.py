@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from policies.heads.base import ActionHead
+from policies.heads.base import ActionHead, masked_mean
 from policies.vlm import PromptInputs, VLMBackbone, add_tokens
 
 ACTION_TOKEN = "<|act_{}|>"
@@ -54,10 +54,9 @@ class TokenActionHead(ActionHead):
         # Position i predicts token i+1: the A action tokens are predicted from the A positions before them.
         logits = self._action_logits(vlm, hidden[:, -self.action_dim - 1:-1])
         per_token = F.cross_entropy(logits.flatten(0, 1).float(), bins.flatten(), reduction="none").view_as(bins)
-        keep = (~action_is_pad[:, 0]).float().unsqueeze(-1).expand_as(per_token)
-        loss = (per_token * keep).sum() / keep.sum().clamp_min(1.0)
-        accuracy = ((logits.argmax(-1) == bins).float() * keep).sum() / keep.sum().clamp_min(1.0)
-        return loss, {"token_accuracy": float(accuracy)}
+        pad = action_is_pad[:, :1]  # the one-step chunk: [B, 1, A] against [B, 1]
+        accuracy = masked_mean((logits.argmax(-1) == bins).float().unsqueeze(1), pad)
+        return masked_mean(per_token.unsqueeze(1), pad), {"token_accuracy": float(accuracy)}
 
     @torch.inference_mode()
     def predict(self, vlm: VLMBackbone, inputs: PromptInputs, state: Tensor | None) -> Tensor:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -58,6 +59,16 @@ class ObservationSpec:
         if not cameras:
             raise ProtocolError(f"the policy has no visual input feature (features: {sorted(input_features)})")
         return cls(cameras=cameras, state_key=state_key, state_dim=state_dim)
+
+    @cached_property
+    def required_keys(self) -> list[str]:
+        """Every key a request must carry: cameras, state (when used), prompt (computed once, not per request)."""
+        return [*self.cameras, *([self.state_key] if self.state_key else []), self.prompt_key]
+
+    @cached_property
+    def allowed_keys(self) -> frozenset[str]:
+        """The required keys plus the optional ones."""
+        return frozenset(self.required_keys) | frozenset(self.extra_optional)
 
     def to_dict(self) -> dict[str, Any]:
         """The spec as plain data: what the robot must send, for the connect metadata and the bundle."""
@@ -119,8 +130,8 @@ def validate_observation(obs: Any, spec: ObservationSpec) -> Observation:
     """Check a decoded request against `spec`; raise `ProtocolError` naming the first problem."""
     if not isinstance(obs, Mapping):
         raise ProtocolError(f"the request must be a map of observation keys, got {type(obs).__name__}")
-    required = [*spec.cameras, *([spec.state_key] if spec.state_key else []), spec.prompt_key]
-    unknown = sorted(set(obs) - set(required) - set(spec.extra_optional), key=str)
+    required = spec.required_keys
+    unknown = sorted(set(obs) - spec.allowed_keys, key=str)
     if unknown:
         raise ProtocolError(f"unknown key(s) {unknown}; expected {required} (optional: {list(spec.extra_optional)})")
     missing = [key for key in required if key not in obs]

@@ -26,7 +26,7 @@ from omegaconf import OmegaConf
 
 from sim.env_spec import make_vector_env
 from sim.experts import RandomPolicy
-from sim.metaworld_env import MetaWorldEnv, env_kwargs
+from sim.metaworld_env import ACTION_DIM, MetaWorldEnv, env_kwargs
 from sim.policy_io import actions_to_numpy, observation_to_batch
 from sim.rollout import rollout_batch
 
@@ -38,7 +38,7 @@ def single_env_steps_per_s(env: MetaWorldEnv, policy: RandomPolicy, steps: int, 
     start = time.perf_counter()
     for _ in range(steps):
         with torch.inference_mode():
-            action = actions_to_numpy(policy.select_action(observation_to_batch(obs, env.task_description)), 1, 4)
+            action = actions_to_numpy(policy.select_action(observation_to_batch(obs, env.task_description)), 1, ACTION_DIM)
         obs, _, terminated, truncated, _ = env.step(action[0])
         if terminated or truncated:
             obs, _ = env.reset()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from contextlib import closing
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -18,9 +19,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from sim.env_spec import EnvSpec, env_spec, make_vector_env
+from sim.env_spec import EnvSpec, env_spec
 from sim.experts import ScriptedExpert
-from sim.rollout import EpisodeTrace, run_task_episodes
+from sim.rollout import EpisodeTrace, task_episodes
 from sim.tasks import instruction
 from vst_vla.atomic import atomic_directory, write_json
 from vst_vla.hydra_run import run_dir
@@ -74,31 +75,27 @@ def collect_dataset(env_cfg: Any, root: str | Path, episodes: int, repo_id: str 
     spec = env_spec(env_cfg, video=video, include_env_state=record_environment_state)
     expert = ScriptedExpert(noise_std=noise_std, seed=seed)
     n_envs = max(1, min(int(n_envs), int(episodes)))
-    per_task: dict[str, dict[str, int]] = {}
+    per_task = {task: {"attempted": 0, "kept": 0, "dropped": 0} for task in spec.tasks}
     steps, frames, started = 0, 0, time.perf_counter()
     bar = tqdm(total=episodes * len(spec.tasks), desc="collect", unit="ep")
     with atomic_directory(root, overwrite=overwrite) as tmp:
         tmp.rmdir()  # LeRobotDataset.create insists on making the root itself
         dataset = LeRobotDataset.create(repo_id=repo_id, fps=spec.fps, features=spec.features, root=tmp,
                                         robot_type="sawyer", use_videos=video)
-        for task in spec.tasks:
-            counts = per_task.setdefault(task, {"attempted": 0, "kept": 0, "dropped": 0})
-            vec_env = make_vector_env(env_cfg, task, n_envs, vector_mode)
-            try:
-                for trace in run_task_episodes(vec_env, expert, episodes, seed, spec.max_episode_steps,
-                                               record=True, progress=bar):
-                    steps += trace.length
-                    counts["attempted"] += 1
-                    if trace.success or keep_failed:
-                        _write_episode(dataset, trace, spec, instruction(task))
-                        counts["kept"] += 1
-                        frames += trace.length
-                    else:
-                        counts["dropped"] += 1
-                    bar.set_postfix(kept=sum(c["kept"] for c in per_task.values()),
-                                    dropped=sum(c["dropped"] for c in per_task.values()))
-            finally:
-                vec_env.close()
+        with closing(task_episodes(env_cfg, spec.tasks, expert, episodes, n_envs, vector_mode, seed,
+                                   spec.max_episode_steps, record=True, progress=bar)) as traces:
+            for task, trace in traces:
+                counts = per_task[task]
+                steps += trace.length
+                counts["attempted"] += 1
+                if trace.success or keep_failed:
+                    _write_episode(dataset, trace, spec, instruction(task))
+                    counts["kept"] += 1
+                    frames += trace.length
+                else:
+                    counts["dropped"] += 1
+                bar.set_postfix(kept=sum(c["kept"] for c in per_task.values()),
+                                dropped=sum(c["dropped"] for c in per_task.values()))
         bar.close()
         kept = sum(c["kept"] for c in per_task.values())
         if kept == 0:

@@ -80,7 +80,7 @@ def check_dataset_matches_env(dataset_meta: Any, env_spec: EnvSpec) -> None:
         got, want = tuple(features[key]["shape"]), tuple(env_spec.features[key]["shape"])
         if got != want:
             problems.append(f"{key!r} has shape {got} in the dataset but {want} in the env")
-    env_images = [k for k in env_spec.image_keys]
+    env_images = env_spec.image_keys
     if env_images and not any(k in features for k in env_images):
         problems.append(f"the dataset has none of the env's cameras ({', '.join(env_images)})")
     if stats is None:

@@ -68,7 +68,7 @@ def make_vector_env(env_cfg: Any, task: str, n_envs: int, vector_mode: str = "sy
         raise ValueError(f"vector={vector_mode!r} is not one of {', '.join(VECTOR_MODES)}")
     if n_envs < 1:
         raise ValueError(f"n_envs={n_envs} must be >= 1")
-    fns = [freeze_after_episode_end(env_factory(task, **env_kwargs(env_cfg))) for _ in range(n_envs)]
+    fns = [freeze_after_episode_end(env_factory(task, **env_kwargs(env_cfg)))] * n_envs  # one factory, n envs
     if vector_mode == "sync":
         return gym.vector.SyncVectorEnv(fns, autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
     # forkserver: workers start clean, so each creates its own GL context (a forked one crashes).

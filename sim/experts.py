@@ -34,12 +34,12 @@ class ScriptedExpert:
         """Nothing to clear: MetaWorld's scripted policies are memoryless."""
 
     def _policy(self, text: str):
-        from metaworld.policies import ENV_POLICY_MAP
-
         task = task_for_instruction().get(text)
         if task is None:
             raise KeyError(f"no MetaWorld task has the instruction {text!r}")
-        if task not in self._policies:
+        if task not in self._policies:  # called per sub-env per step: import and build once per task
+            from metaworld.policies import ENV_POLICY_MAP
+
             self._policies[task] = ENV_POLICY_MAP[task]()
         return self._policies[task]
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -105,6 +107,22 @@ def run_task_episodes(vec_env: Any, policy: Policy, n_episodes: int, seed: int, 
             yield trace
 
 
+def task_episodes(env_cfg: Any, tasks: Sequence[str], policy: Policy, n_episodes: int, n_envs: int,
+                  vector_mode: str, seed: int, max_steps: int, record: bool = False,
+                  progress: tqdm | None = None) -> Iterator[tuple[str, EpisodeTrace]]:
+    """Yield (task, trace) for `n_episodes` episodes of each task, each task on its own vector env.
+
+    Close the generator (`contextlib.closing`) so a consumer's error shuts the open vector env at once.
+    """
+    for task in tasks:
+        vec_env = make_vector_env(env_cfg, task, n_envs, vector_mode)
+        try:
+            for trace in run_task_episodes(vec_env, policy, n_episodes, seed, max_steps, record, progress):
+                yield task, trace
+        finally:
+            vec_env.close()
+
+
 def _video_path(video_dir: Path, task: str, index: int) -> Path:
     return video_dir / f"{task}_ep{index:03d}.mp4"
 
@@ -117,27 +135,25 @@ def evaluate(policy: Policy, env_cfg: Any, n_episodes: int, n_envs: int = 1, vec
     n_envs = max(1, min(int(n_envs), int(n_episodes)))
     camera_key = spec.image_keys[0]
     name = policy_name or type(policy).__name__
+    record = video_dir is not None and n_videos > 0
     episodes: list[Episode] = []
-    steps, started = 0, time.perf_counter()
+    steps, wins, started = 0, 0, time.perf_counter()
     bar = tqdm(total=n_episodes * len(spec.tasks), desc=f"eval {name}", unit="ep", disable=not progress)
-    for task in spec.tasks:
-        vec_env = make_vector_env(env_cfg, task, n_envs, vector_mode)
-        try:
-            record = video_dir is not None and n_videos > 0
-            for index, trace in enumerate(run_task_episodes(vec_env, policy, n_episodes, seed,
-                                                            spec.max_episode_steps, record, bar)):
-                video = None
-                if record and index < n_videos:
-                    frames = [o[camera_key] for o in trace.observations]
-                    path = write_mp4(_video_path(Path(video_dir), task, index), frames, fps=20,
-                                     upscale=max(1, 256 // frames[0].shape[0]))
-                    video = str(path.relative_to(Path(video_dir).parent))  # relative: reports stay portable
-                episodes.append(Episode(task=task, seed=trace.seed, success=trace.success, length=trace.length,
-                                        sum_reward=trace.sum_reward, video=video))
-                steps += trace.length
-                bar.set_postfix(success=f"{sum(e.success for e in episodes)}/{len(episodes)}")
-        finally:
-            vec_env.close()
+    with closing(task_episodes(env_cfg, spec.tasks, policy, n_episodes, n_envs, vector_mode, seed,
+                               spec.max_episode_steps, record, bar)) as traces:
+        for task, trace in traces:
+            index = len(episodes) % n_episodes  # each task yields exactly n_episodes traces, in order
+            video = None
+            if record and index < n_videos:
+                frames = [o[camera_key] for o in trace.observations]
+                path = write_mp4(_video_path(Path(video_dir), task, index), frames, fps=20,
+                                 upscale=max(1, 256 // frames[0].shape[0]))
+                video = str(path.relative_to(Path(video_dir).parent))  # relative: reports stay portable
+            episodes.append(Episode(task=task, seed=trace.seed, success=trace.success, length=trace.length,
+                                    sum_reward=trace.sum_reward, video=video))
+            steps += trace.length
+            wins += trace.success
+            bar.set_postfix(success=f"{wins}/{len(episodes)}")
     bar.close()
     result = EvalResult(policy=name, episodes=episodes, n_envs=n_envs, vector_mode=vector_mode,
                         wall_s=time.perf_counter() - started, env_steps=steps,
@@ -148,4 +164,4 @@ def evaluate(policy: Policy, env_cfg: Any, n_episodes: int, n_envs: int = 1, vec
     return result
 
 
-__all__ = ["EpisodeTrace", "Policy", "evaluate", "image_key", "rollout_batch", "run_task_episodes"]
+__all__ = ["EpisodeTrace", "Policy", "evaluate", "image_key", "rollout_batch", "run_task_episodes", "task_episodes"]

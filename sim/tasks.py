@@ -59,9 +59,10 @@ def canonical_task(name: str) -> str:
 def resolve_tasks(spec: str | list[str] | tuple[str, ...]) -> list[str]:
     """A task, a set name (`mt10`, `easy`, ...) or a comma-separated / list mix of both -> task names."""
     items = spec.split(",") if isinstance(spec, str) else [str(s) for s in spec]
+    sets = task_sets()
     tasks: list[str] = []
     for item in (i.strip() for i in items if i.strip()):
-        for task in task_sets().get(item, (item,)):
+        for task in sets.get(item, (item,)):
             task = canonical_task(task)
             if task not in tasks:
                 tasks.append(task)

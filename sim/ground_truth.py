@@ -214,7 +214,7 @@ class GroundTruthRenderer:
             self.model.geom_group[:] = saved
         return int(np.isin(seg[..., 0], box.geom_ids).sum())
 
-    def view(self, data, camera: str, boxes: list[ObjectBox], rgb: bool = True) -> ViewTruth:
+    def view(self, data, camera: str, boxes: list[ObjectBox]) -> ViewTruth:
         """Render `camera` and compute every object's ground truth in it."""
         pose = CameraPose.from_mujoco(self.model, data, camera, self.width, self.height)
         seg = self.segment(data, camera, boxes)
@@ -233,5 +233,4 @@ class GroundTruthRenderer:
             in_frame = amodal is not None and _inside(pose.project(corners), pose)
             objects[box.label] = ObjectView(box.label, vst_box(box, pose), center, float(center[2]), amodal, vbox,
                                             visible, max(full, visible), in_frame)
-        image = self.render_rgb(data, camera) if rgb else np.zeros((self.height, self.width, 3), np.uint8)
-        return ViewTruth(pose, image, seg, objects)
+        return ViewTruth(pose, self.render_rgb(data, camera), seg, objects)

@@ -46,6 +46,11 @@ class LoadedPolicy:
     def action_dim(self) -> int:
         return self.policy.action_dim
 
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write the policy and both processors into `directory` in place (`save_policy` makes it atomic)."""
+        for part in (self.policy, self.preprocessor, self.postprocessor):
+            part.save_pretrained(directory)
+
     def reset(self) -> None:
         """Call at every episode start: clears the queued actions of the current chunk."""
         self.policy.reset()
@@ -72,9 +77,7 @@ def save_policy(policy: VSTVLAPolicy, preprocessor: PolicyProcessorPipeline, pos
     """Write a self-contained policy directory atomically (complete under its final name, or not at all)."""
     out_dir = Path(out_dir)
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
-        policy.save_pretrained(tmp)
-        preprocessor.save_pretrained(tmp)
-        postprocessor.save_pretrained(tmp)
+        LoadedPolicy(policy, preprocessor, postprocessor).save_pretrained(tmp)
     log.info("saved policy to %s", out_dir)
     return out_dir
 

@@ -39,10 +39,7 @@ class PolicyTrainer(Trainer):
         return (loss, info) if return_outputs else loss
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        out = Path(output_dir or self.args.output_dir)
-        self.loaded.policy.save_pretrained(out)
-        self.loaded.preprocessor.save_pretrained(out)
-        self.loaded.postprocessor.save_pretrained(out)
+        self.loaded.save_pretrained(Path(output_dir or self.args.output_dir))
 
     def _save_checkpoint(self, model, trial) -> None:
         super()._save_checkpoint(model, trial)

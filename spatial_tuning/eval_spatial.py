@@ -9,10 +9,11 @@ of answering the skill's mean box. Writes `metrics.json` and `metrics.md`, print
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,24 +59,35 @@ def _batch_inputs(samples: Sequence[SpatialSample], processor, think: bool | Non
     return processor(**kwargs)
 
 
+@contextlib.contextmanager
+def left_padding(processor) -> Iterator[None]:
+    """Left padding, so batched prompts end where generation starts. GRPO training needs it too: TRL left-pads
+    the prompt ids but builds `mm_token_type_ids` with the processor's own padding, so a right-padding processor
+    misplaces the image tokens of the shorter prompts (a wrong 3-D rope, or a crash in Qwen2.5-VL's
+    get_rope_index). TRL sets this only for processors it loads."""
+    saved = processor.tokenizer.padding_side
+    processor.tokenizer.padding_side = "left"
+    try:
+        yield
+    finally:
+        processor.tokenizer.padding_side = saved
+
+
 @torch.no_grad()
 def generate_answers(model, processor, samples: Sequence[SpatialSample], think: bool | None = None,
                      batch_size: int = 8, max_new_tokens: int = 128, desc: str = "generating") -> list[str]:
     """Greedy completions for `samples`, batched with left padding (prompts end where generation starts)."""
     tokenizer = processor.tokenizer
-    saved_side, tokenizer.padding_side = tokenizer.padding_side, "left"
     device = device_of(model)
     model.eval()
     completions: list[str] = []
-    try:
+    with left_padding(processor):
         for start in tqdm(range(0, len(samples), batch_size), desc=desc, leave=False):
             inputs = _batch_inputs(samples[start:start + batch_size], processor, think).to(device)
             output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
                                     pad_token_id=tokenizer.pad_token_id)
             new_tokens = output[:, inputs["input_ids"].shape[1]:]
             completions += tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-    finally:
-        tokenizer.padding_side = saved_side
     return completions
 
 

@@ -14,12 +14,11 @@ the first and last 20 % of steps).
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 
+from spatial_tuning.eval_spatial import left_padding
 from spatial_tuning.rewards import MODES, accuracy_reward, format_reward, parse_meta_info
 from spatial_tuning.sample import SpatialSample
 from vst_vla.atomic import atomic_directory, write_json
@@ -167,19 +167,6 @@ class MaxTimeCallback(TrainerCallback):
             log.info("rl: stopping after %.0f s (max_time_s=%s) at step %d", time.monotonic() - self.start,
                      self.max_time_s, state.global_step)
             control.should_training_stop = True
-
-
-@contextlib.contextmanager
-def left_padding(processor) -> Iterator[None]:
-    """Left padding while training: TRL left-pads the prompt ids but builds `mm_token_type_ids` with the
-    processor's own padding, so a right-padding processor misplaces the image tokens of the shorter prompts
-    (a wrong 3-D rope, or a crash in Qwen2.5-VL's get_rope_index). TRL sets this only for processors it loads."""
-    saved = processor.tokenizer.padding_side
-    processor.tokenizer.padding_side = "left"
-    try:
-        yield
-    finally:
-        processor.tokenizer.padding_side = saved
 
 
 def vllm_usable(requested: Any) -> bool:

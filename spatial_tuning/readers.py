@@ -136,10 +136,8 @@ def resolve_files(paths: str | Path | list) -> list[Path]:
 
 def _row_builders(file: Path, image_root: str | Path | None):
     """Yield (row id, thunk building the sample) for every row of `file`; thunks raise `BadSampleError`."""
-    if file.suffix == ".parquet":
-        yield from _parquet_rows(file, Path(image_root) if image_root else file.parent)
-    else:
-        yield from _json_rows(file, Path(image_root) if image_root else file.parent)
+    rows = _parquet_rows if file.suffix == ".parquet" else _json_rows
+    yield from rows(file, Path(image_root) if image_root else file.parent)
 
 
 def _parquet_rows(file: Path, root: Path):

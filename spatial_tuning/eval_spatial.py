@@ -198,9 +198,9 @@ def load_eval_samples(cfg: DictConfig) -> list[SpatialSample]:
     samples: list[SpatialSample] = []
     paths = list(cfg.data.paths or [])
     if paths:
-        from spatial_tuning.readers import load_samples
+        from spatial_tuning.readers import load_samples, reader_options
 
-        samples += load_samples(paths, on_bad_sample=str(cfg.data.on_bad_sample))
+        samples += load_samples(paths, **reader_options(cfg.data))
     from spatial_tuning.benchmarks import read_cv_bench, read_vsi_bench
 
     limit = cfg.data.max_samples_per_source

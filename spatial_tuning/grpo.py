@@ -256,12 +256,12 @@ def reward_trend(rows: Sequence[dict[str, Any]], fraction: float = 0.2) -> dict[
 
 def load_rl_samples(cfg: DictConfig) -> list[SpatialSample]:
     """Samples from `cfg.data.paths` (VST parquet files or directories) through the shared reader."""
-    from spatial_tuning.readers import load_samples
+    from spatial_tuning.readers import load_samples, reader_options
 
     paths = list(cfg.data.paths or [])
     if not paths:
         raise ValueError("data.paths is empty: pass data.paths=[DIR/vst_r/train.parquet] (from `vst-vla synth`)")
-    samples = load_samples(paths, on_bad_sample=str(cfg.data.on_bad_sample))
+    samples = load_samples(paths, **reader_options(cfg.data))
     if cfg.data.max_samples:
         samples = samples[: int(cfg.data.max_samples)]
     return samples

@@ -1,38 +1,52 @@
-"""Validating readers for spatial data: VST parquet files and LLaVA-style JSON with an image folder.
+"""Validating readers for spatial data in every published shape, yielding `SpatialSample`s.
 
-Both yield `SpatialSample`s, the one type the SFT, RL and evaluation stages consume. A bad row raises
-`BadSampleError` naming the file, the row id and the reason; with `on_bad_sample="skip"` it is skipped and
-counted per reason in a `SampleReport` (logged at the end), so nothing is dropped silently.
+Shapes (details and the VST sources they follow in `spatial_tuning.vst_rows`):
+- VST SFT parquet (`conversations, id, data_source, images, type, meta_info`), also our `vst-vla synth` output;
+- VST RL parquet (`id, images, question, answer, meta_info`), recognised by its columns;
+- LLaVA JSON / JSONL (`conversations` with `image`/`images`/`video`/`videos` paths under an image root).
+
+A bad row raises `BadSampleError` naming the file, the row id and the reason; with `on_bad_sample="skip"` it is
+skipped and counted per reason in a `SampleReport`. Rows VST repairs silently (a leading non-human turn, empty
+turns, images without placeholders) are repaired the same way and counted too, so nothing changes unseen.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 from collections import Counter
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
-from PIL import Image
 
+from spatial_tuning.ground_truth_check import check_ground_truth
+from spatial_tuning.image_paths import ImageRoot, check_decodable
+from spatial_tuning.row_problems import (  # noqa: F401  (re-exported: the reasons are part of this API)
+    ANSWER_NOT_BOXES,
+    ANSWER_NOT_CHOICE,
+    ANSWER_NOT_NUMBER,
+    BAD_META_INFO,
+    EMPTY_ANSWER,
+    EMPTY_CONVERSATION,
+    IMAGE_COUNT_MISMATCH,
+    MISSING_IMAGE,
+    NON_ALTERNATING_CONVERSATION,
+    NON_STRING_VALUE,
+    REASONS,
+    REPAIRS,
+    UNDECODABLE_IMAGE,
+    UNKNOWN_REWARD_MODE,
+    UNSAFE_IMAGE_PATH,
+    VIDEO_COUNT_MISMATCH,
+    RowProblem,
+)
 from spatial_tuning.sample import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER, SpatialSample
+from spatial_tuning.vst_rows import is_rl_row, llava_row_sample, rl_row_sample, sft_row_sample
 
 log = logging.getLogger(__name__)
-
-# Reasons a row is rejected; the report counts skipped rows under these names.
-MISSING_IMAGE = "missing_image"
-UNDECODABLE_IMAGE = "undecodable_image"
-IMAGE_COUNT_MISMATCH = "image_count_mismatch"
-VIDEO_COUNT_MISMATCH = "video_count_mismatch"
-EMPTY_CONVERSATION = "empty_conversation"
-NON_ALTERNATING_CONVERSATION = "non_alternating_conversation"
-NON_STRING_VALUE = "non_string_value"
-BAD_META_INFO = "bad_meta_info"
-REASONS = (MISSING_IMAGE, UNDECODABLE_IMAGE, IMAGE_COUNT_MISMATCH, VIDEO_COUNT_MISMATCH, EMPTY_CONVERSATION,
-           NON_ALTERNATING_CONVERSATION, NON_STRING_VALUE, BAD_META_INFO)
 
 _JSON_SUFFIXES = {".json", ".jsonl"}
 _BATCH_ROWS = 256
@@ -48,12 +62,14 @@ class BadSampleError(ValueError):
 
 @dataclass
 class SampleReport:
-    """What a load kept and skipped: skipped rows counted per reason, with the first messages of each."""
+    """What a load kept, repaired and skipped: rows counted per reason / repair, with the first few of each."""
 
     loaded: int = 0
     skipped: Counter = field(default_factory=Counter)
     examples: dict[str, list[str]] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)
+    repaired: Counter = field(default_factory=Counter)  # rows per repair kind (a row may have several)
+    repaired_rows: int = 0
 
     @property
     def total_skipped(self) -> int:
@@ -61,56 +77,87 @@ class SampleReport:
 
     def add_skip(self, error: BadSampleError) -> None:
         self.skipped[error.reason] += 1
-        kept = self.examples.setdefault(error.reason, [])
+        self._example(error.reason, str(error))
+
+    def add_repairs(self, file: Path, row_id: str, repairs: set[str]) -> None:
+        if not repairs:
+            return
+        self.repaired_rows += 1
+        for kind in sorted(repairs):
+            self.repaired[kind] += 1
+            self._example(kind, f"{file}: row id {row_id!r}")
+
+    def _example(self, key: str, text: str) -> None:
+        kept = self.examples.setdefault(key, [])
         if len(kept) < 3:
-            kept.append(str(error))
+            kept.append(text)
 
     def summary(self) -> str:
-        """One line per reason, for the log at the end of a load."""
-        head = f"loaded {self.loaded} samples from {len(self.files)} file(s), skipped {self.total_skipped}"
-        lines = [head] + [f"  {reason}: {n} (e.g. {self.examples[reason][0]})" for reason, n in
-                          sorted(self.skipped.items())]
-        return "\n".join(lines)
+        """One line per reason and repair kind, for the log at the end of a load."""
+        head = (f"loaded {self.loaded} samples from {len(self.files)} file(s), repaired {self.repaired_rows}, "
+                f"skipped {self.total_skipped}")
+        counts = [*sorted(self.skipped.items()), *sorted(self.repaired.items())]
+        return "\n".join([head] + [f"  {key}: {n} (e.g. {self.examples[key][0]})" for key, n in counts])
 
     def to_dict(self) -> dict[str, Any]:
-        return {"loaded": self.loaded, "skipped": dict(self.skipped), "examples": self.examples,
-                "files": self.files}
+        return {"loaded": self.loaded, "skipped": dict(self.skipped), "repaired": dict(self.repaired),
+                "repaired_rows": self.repaired_rows, "examples": self.examples, "files": self.files}
 
 
 def load_samples(paths: str | Path | list, on_bad_sample: str = "error", image_root: str | Path | None = None,
-                 decode_images: bool = True) -> list[SpatialSample]:
-    """Read samples from parquet files, directories of them, or LLaVA-style JSON (images under `image_root`,
-    default the JSON file's folder). `on_bad_sample` is "error" (raise `BadSampleError`) or "skip"."""
-    samples, _ = load_samples_with_report(paths, on_bad_sample, image_root, decode_images)
+                 decode_images: bool = True, allow_absolute_paths: bool = False) -> list[SpatialSample]:
+    """Read samples from parquet files (VST SFT or RL shape), directories of them, or LLaVA-style JSON / JSONL.
+    Image paths resolve under `image_root` (default: the data file's folder) and may not leave it; absolute
+    paths only with `allow_absolute_paths`. `on_bad_sample` is "error" (raise `BadSampleError`) or "skip"."""
+    samples, _ = load_samples_with_report(paths, on_bad_sample, image_root, decode_images, allow_absolute_paths)
     return samples
 
 
+def reader_options(data_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """`load_samples` keyword arguments from a stage's `data` config (`on_bad_sample`, `image_root`,
+    `allow_absolute_image_paths`)."""
+    return {"on_bad_sample": str(data_cfg.get("on_bad_sample", "error")),
+            "image_root": data_cfg.get("image_root") or None,
+            "allow_absolute_paths": bool(data_cfg.get("allow_absolute_image_paths", False))}
+
+
 def load_samples_with_report(paths: str | Path | list, on_bad_sample: str = "error",
-                             image_root: str | Path | None = None,
-                             decode_images: bool = True) -> tuple[list[SpatialSample], SampleReport]:
-    """Like `load_samples`, also returning the `SampleReport` of kept and skipped rows."""
+                             image_root: str | Path | None = None, decode_images: bool = True,
+                             allow_absolute_paths: bool = False) -> tuple[list[SpatialSample], SampleReport]:
+    """Like `load_samples`, also returning the `SampleReport` of kept, repaired and skipped rows."""
     if on_bad_sample not in {"error", "skip"}:
         raise ValueError(f"on_bad_sample={on_bad_sample!r}; expected 'error' or 'skip'")
     report = SampleReport()
     samples: list[SpatialSample] = []
     for file in resolve_files(paths):
         report.files.append(str(file))
-        for row_id, build in _row_builders(file, image_root):
+        root = ImageRoot(Path(image_root) if image_root else file.parent, allow_absolute_paths)
+        for row_id, build in _row_builders(file, root):
             try:
-                sample = build()
-                validate_sample(sample, file, decode_images)
+                sample, repairs = _checked(build, row_id, file, decode_images)
             except BadSampleError as error:
                 if on_bad_sample == "error":
                     raise
                 report.add_skip(error)
                 continue
+            report.add_repairs(file, row_id, repairs)
             samples.append(sample)
     report.loaded = len(samples)
-    if report.total_skipped:
+    if report.total_skipped or report.repaired_rows:
         log.warning("spatial data: %s", report.summary())
     else:
         log.info("spatial data: loaded %d samples from %d file(s)", report.loaded, len(report.files))
     return samples, report
+
+
+def _checked(build, row_id: str, file: Path, decode_images: bool) -> tuple[SpatialSample, set[str]]:
+    try:
+        sample, repairs = build()
+        check_ground_truth(sample.meta_info)
+    except RowProblem as problem:
+        raise BadSampleError(file, row_id, problem.reason, problem.detail) from problem
+    validate_sample(sample, file, decode_images)
+    return sample, repairs
 
 
 def resolve_files(paths: str | Path | list) -> list[Path]:
@@ -134,26 +181,30 @@ def resolve_files(paths: str | Path | list) -> list[Path]:
     return files
 
 
-def _row_builders(file: Path, image_root: str | Path | None):
-    """Yield (row id, thunk building the sample) for every row of `file`; thunks raise `BadSampleError`."""
-    rows = _parquet_rows if file.suffix == ".parquet" else _json_rows
-    yield from rows(file, Path(image_root) if image_root else file.parent)
+def _row_builders(file: Path, root: ImageRoot) -> Iterator[tuple[str, Any]]:
+    """Yield (row id, thunk building `(sample, repairs)`) for every row of `file`; thunks raise `RowProblem`."""
+    yield from (_parquet_rows if file.suffix == ".parquet" else _json_rows)(file, root)
 
 
-def _parquet_rows(file: Path, root: Path):
+def _parquet_rows(file: Path, root: ImageRoot):
     parquet = pq.ParquetFile(file)
     columns = set(parquet.schema_arrow.names)
-    if "conversations" not in columns:
-        raise ValueError(f"{file}: not a VST parquet file (no 'conversations' column; columns: {sorted(columns)})")
+    rl = is_rl_row(columns)
+    if not rl and "conversations" not in columns:
+        raise ValueError(f"{file}: neither a VST SFT parquet file (no 'conversations' column) nor a VST RL one "
+                         f"(no 'question' and 'answer' columns); columns: {sorted(columns)}")
     index = 0
     for batch in parquet.iter_batches(batch_size=_BATCH_ROWS):
         for row in batch.to_pylist():
             row_id = str(row.get("id") if row.get("id") is not None else f"#{index}")
-            yield row_id, (lambda row=row, row_id=row_id: _row_sample(row, row_id, file, root))
+            if rl:
+                yield row_id, (lambda row=row, row_id=row_id: rl_row_sample(row, row_id, root, file.stem))
+            else:
+                yield row_id, (lambda row=row, row_id=row_id: sft_row_sample(row, row_id, root))
             index += 1
 
 
-def _json_rows(file: Path, root: Path):
+def _json_rows(file: Path, root: ImageRoot):
     try:
         text = file.read_text(encoding="utf-8")
         rows = [json.loads(line) for line in text.splitlines() if line.strip()] if file.suffix == ".jsonl" \
@@ -164,97 +215,36 @@ def _json_rows(file: Path, root: Path):
         raise TypeError(f"{file}: expected a JSON list of samples, got {type(rows).__name__}")
     for index, row in enumerate(rows):
         row_id = str(row.get("id", f"#{index}")) if isinstance(row, dict) else f"#{index}"
-        yield row_id, (lambda row=row, row_id=row_id: _json_sample(row, row_id, file, root))
-
-
-def _json_sample(row: Any, row_id: str, file: Path, root: Path) -> SpatialSample:
-    if not isinstance(row, dict):
-        raise BadSampleError(file, row_id, EMPTY_CONVERSATION, f"row is a {type(row).__name__}, not an object")
-    images = row.get("images", row.get("image")) or []
-    images = [images] if isinstance(images, str) else images
-    videos = row.get("videos", row.get("video")) or []
-    videos = [videos] if videos and isinstance(videos[0], str) else videos
-    converted = dict(row, images=images, videos=videos)
-    return _row_sample(converted, row_id, file, root)
-
-
-def _row_sample(row: dict[str, Any], row_id: str, file: Path, root: Path) -> SpatialSample:
-    """Build a sample from a parquet or JSON row, resolving images and parsing `meta_info`."""
-    turns = row.get("conversations")
-    if not isinstance(turns, list) or not turns:
-        raise BadSampleError(file, row_id, EMPTY_CONVERSATION, "conversations is empty or missing")
-    for i, turn in enumerate(turns):
-        if not isinstance(turn, dict) or not isinstance(turn.get("value"), str) or not isinstance(turn.get("from"), str):
-            raise BadSampleError(file, row_id, NON_STRING_VALUE, f"turn {i} is not {{from: str, value: str}}: {turn!r:.80}")
-    for key in ("type", "data_source"):
-        if row.get(key) is not None and not isinstance(row[key], str):
-            raise BadSampleError(file, row_id, NON_STRING_VALUE, f"{key} is a {type(row[key]).__name__}, not a string")
-    images = [_image_bytes(item, f"image {i}", row_id, file, root) for i, item in enumerate(row.get("images") or [])]
-    videos = [[_image_bytes(item, f"video {v} frame {f}", row_id, file, root) for f, item in enumerate(frames or [])]
-              for v, frames in enumerate(row.get("videos") or [])]
-    text = "".join(t["value"] for t in turns)
-    if images and not videos and text.count(VIDEO_PLACEHOLDER) == 1 and IMAGE_PLACEHOLDER not in text:
-        videos, images = [images], []  # a video row whose frames sit in the images column
-    return SpatialSample(id=row_id, conversations=[{"from": t["from"], "value": t["value"]} for t in turns],
-                         images=images, type=row.get("type") or "", data_source=row.get("data_source") or "",
-                         meta_info=_meta_info(row.get("meta_info"), row_id, file), videos=videos)
-
-
-def _meta_info(value: Any, row_id: str, file: Path) -> dict[str, Any]:
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return {}
-    if isinstance(value, dict):
-        return value
-    if not isinstance(value, str):
-        raise BadSampleError(file, row_id, BAD_META_INFO, f"meta_info is a {type(value).__name__}, not a JSON string")
-    try:
-        parsed = json.loads(value)
-    except json.JSONDecodeError as error:
-        raise BadSampleError(file, row_id, BAD_META_INFO, f"meta_info is not valid JSON ({error})") from error
-    if not isinstance(parsed, dict):
-        raise BadSampleError(file, row_id, BAD_META_INFO, f"meta_info is a JSON {type(parsed).__name__}, not an object")
-    return parsed
-
-
-def _image_bytes(item: Any, what: str, row_id: str, file: Path, root: Path) -> bytes:
-    """Encoded bytes of one image given as bytes, a {bytes, path} struct, or a path under `root`."""
-    data, path = (item.get("bytes"), item.get("path")) if isinstance(item, dict) else (None, item)
-    if isinstance(item, (bytes, bytearray)):
-        data, path = bytes(item), None
-    if data:
-        return bytes(data)
-    if not isinstance(path, str) or not path:
-        raise BadSampleError(file, row_id, MISSING_IMAGE, f"{what} has neither bytes nor a path")
-    full = Path(path) if Path(path).is_absolute() else root / path
-    if not full.is_file():
-        raise BadSampleError(file, row_id, MISSING_IMAGE, f"{what}: file {full} not found")
-    return full.read_bytes()
+        if isinstance(row, dict) and is_rl_row(row):
+            yield row_id, (lambda row=row, row_id=row_id: rl_row_sample(row, row_id, root, file.stem))
+        else:
+            yield row_id, (lambda row=row, row_id=row_id: llava_row_sample(row, row_id, root))
 
 
 def validate_sample(sample: SpatialSample, file: str | Path = "<memory>", decode_images: bool = True) -> None:
-    """Raise `BadSampleError` unless `sample` has alternating human/gpt turns ending in an answer, one image
-    per `<image>` (and one video per `<video>`) placeholder, and decodable images."""
+    """Raise `BadSampleError` unless `sample` opens with a human turn, has only human/gpt turns, ends in a gpt
+    answer, has one image per `<image>` (one video per `<video>`), and decodable images. Consecutive turns of
+    one role are allowed: VST's loader passes them on as separate messages."""
+    def bad(reason: str, detail: str) -> BadSampleError:
+        return BadSampleError(file, sample.id, reason, detail)
+
     turns = sample.conversations
     if not turns:
-        raise BadSampleError(file, sample.id, EMPTY_CONVERSATION, "no turns")
-    for i, turn in enumerate(turns):
-        expected = "human" if i % 2 == 0 else "gpt"
-        if turn["from"] != expected:
-            raise BadSampleError(file, sample.id, NON_ALTERNATING_CONVERSATION,
-                                 f"turn {i} is from {turn['from']!r}, expected {expected!r} (human, gpt, ...)")
-    if turns[-1]["from"] != "gpt":
-        raise BadSampleError(file, sample.id, NON_ALTERNATING_CONVERSATION, "the last turn is not a gpt answer")
+        raise bad(EMPTY_CONVERSATION, "no turns")
+    roles = [t["from"] for t in turns]
+    if roles[0] != "human" or any(r not in ("human", "gpt") for r in roles):
+        raise bad(NON_ALTERNATING_CONVERSATION, f"turns are from {roles}; expected human first, then human/gpt")
+    if roles[-1] != "gpt":
+        raise bad(NON_ALTERNATING_CONVERSATION, "the last turn is not a gpt answer")
     text = "".join(t["value"] for t in turns)
     if text.count(IMAGE_PLACEHOLDER) != len(sample.images):
-        raise BadSampleError(file, sample.id, IMAGE_COUNT_MISMATCH, f"{text.count(IMAGE_PLACEHOLDER)} "
-                             f"{IMAGE_PLACEHOLDER} placeholders but {len(sample.images)} images")
+        raise bad(IMAGE_COUNT_MISMATCH, f"{text.count(IMAGE_PLACEHOLDER)} image placeholders (<|image_pad|> or "
+                  f"<image>) but {len(sample.images)} images")
     if text.count(VIDEO_PLACEHOLDER) != len(sample.videos):
-        raise BadSampleError(file, sample.id, VIDEO_COUNT_MISMATCH, f"{text.count(VIDEO_PLACEHOLDER)} "
-                             f"{VIDEO_PLACEHOLDER} placeholders but {len(sample.videos)} videos")
+        raise bad(VIDEO_COUNT_MISMATCH, f"{text.count(VIDEO_PLACEHOLDER)} video placeholders (<|video_pad|> or "
+                  f"<video>) but {len(sample.videos)} videos")
     if decode_images:
-        for i, data in enumerate([*sample.images, *(f for frames in sample.videos for f in frames)]):
-            try:
-                with Image.open(io.BytesIO(data)) as image:
-                    image.load()
-            except Exception as error:  # PIL raises several unrelated types for corrupt data
-                raise BadSampleError(file, sample.id, UNDECODABLE_IMAGE, f"image {i}: {error}") from error
+        try:
+            check_decodable(sample.images, sample.videos)
+        except RowProblem as problem:
+            raise bad(problem.reason, problem.detail) from problem

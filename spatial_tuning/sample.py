@@ -12,6 +12,8 @@ from typing import Any
 
 from PIL import Image
 
+# Inside this stack a conversation marks its images and videos with these; the readers map VST's release flags
+# (`<|image_pad|>`, `<|video_pad|>`) onto them and the parquet writer maps them back (`spatial_tuning.vst_rows`).
 IMAGE_PLACEHOLDER = "<image>"
 VIDEO_PLACEHOLDER = "<video>"
 
@@ -44,8 +46,10 @@ class SpatialSample:
 
     @property
     def skill(self) -> str:
-        """The skill name used for per-skill reports: `meta_info["skill"]`, else `type` without "_thought"."""
-        return str(self.meta_info.get("skill") or self.type.replace("_thought", "") or "unknown")
+        """The skill name used for per-skill reports: `meta_info["skill"]`, else VST's `question_type` (RL rows),
+        else `type` without "_thought"."""
+        return str(self.meta_info.get("skill") or self.meta_info.get("question_type")
+                   or self.type.replace("_thought", "") or "unknown")
 
     def pil_images(self) -> list[Image.Image]:
         return [Image.open(io.BytesIO(b)).convert("RGB") for b in self.images]

@@ -32,14 +32,17 @@ FINAL_CHECKPOINT = "checkpoint-final"
 
 
 def load_split(paths: Sequence[str], processor, on_bad_sample: str = "error", limit: int | None = None,
-               count_cache: str | Path | None = None) -> tuple[list[SpatialSample], list[int]]:
-    """Samples from the data files under `paths`, with their token counts (cached under `count_cache`)."""
+               count_cache: str | Path | None = None, image_root: str | Path | None = None,
+               allow_absolute_paths: bool = False) -> tuple[list[SpatialSample], list[int]]:
+    """Samples from the data files under `paths`, with their token counts (cached under `count_cache`); image
+    paths resolve under `image_root` (default: each file's folder)."""
     from spatial_tuning.readers import load_samples, resolve_files  # the data engine's reader
 
     samples: list[SpatialSample] = []
     counts: list[int] = []
     for file in resolve_files(list(paths)):
-        file_samples = load_samples([file], on_bad_sample=on_bad_sample)
+        file_samples = load_samples([file], on_bad_sample=on_bad_sample, image_root=image_root,
+                                    allow_absolute_paths=allow_absolute_paths)
         counts += cached_token_counts(file_samples, processor, file, Path(count_cache) if count_cache else None)
         samples += file_samples
     if limit is not None and limit < len(samples):
@@ -195,10 +198,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError("data.train is empty: pass data.train=[path/to/train.parquet,...] (files or directories)")
     model, processor = load_backbone(cfg.model)
     data = cfg.data
+    paths_ok = {"image_root": data.get("image_root"),
+                "allow_absolute_paths": bool(data.get("allow_absolute_image_paths", False))}
     train, train_counts = load_split(data.train, processor, data.on_bad_sample, data.max_train_samples,
-                                     data.token_count_cache)
+                                     data.token_count_cache, **paths_ok)
     evaluation, eval_counts = (load_split(data.eval, processor, data.on_bad_sample, data.max_eval_samples,
-                                          data.token_count_cache) if data.eval else ([], []))
+                                          data.token_count_cache, **paths_ok) if data.eval else ([], []))
     log.info("sft: %d train samples (%d thought), %d eval samples", len(train), sum(s.think for s in train),
              len(evaluation))
     metrics = train_sft(cfg, model, processor, train, evaluation, train_counts, eval_counts)

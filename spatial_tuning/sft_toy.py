@@ -54,7 +54,7 @@ def toy_spatial_sample(index: int, rng: random.Random, image_size: int = 64, max
     return SpatialSample(id=f"toy-{index}", conversations=[{"from": "human", "value": question.strip()},
                                                            {"from": "gpt", "value": answer}],
                          images=list(images), type="relation_thought" if thought else "relation",
-                         data_source="toy", meta_info={"mode": "choice", "skill": "relation"})
+                         data_source="toy", meta_info={"mode": ["vqa_score"], "answer": left, "skill": "relation"})
 
 
 def toy_spatial_samples(n: int, seed: int = 0, image_size: int = 64, max_images: int = 3,

@@ -1,9 +1,15 @@
 """The VST parquet row format: `SpatialSample` <-> row dict, and an atomic parquet writer.
 
-A row is ShareGPT-like, as in the released VST-P / VST-R files:
+An SFT row is ShareGPT-like, as VST writes it (`docs/train.md`, `prepare_data/sft/convert_json_parquet.py`):
 `id: str`, `conversations: [{from, value}]`, `data_source: str`, `images: [{bytes, path}]` (encoded PNG/JPEG),
-`type: str`, `meta_info: str` (a JSON object). One `<image>` placeholder per image, in order. Rows of
-samples with videos carry an extra `videos: [[{bytes, path}]]` column (one frame list per `<video>`).
+`type: str`, `meta_info: str` (JSON). The text carries VST's flags, one `<|image_pad|>` per image in order
+(`<|video_pad|>` per video); inside this stack a sample uses `<image>` / `<video>` and the reader maps them
+back. Our `meta_info` is a JSON object (skill, mode, answer, ...): VST's SFT loader never reads it, and its
+RL loader wants an object with `mode`. Rows of samples with videos carry an extra
+`videos: [[{bytes, path}]]` column (one frame list per `<video>`), which VST's loader ignores.
+
+VST's RL parquet shape (`id, images, question, answer, meta_info`) is read by `spatial_tuning.readers`; we do
+not write it (our RL stage reads these SFT rows, whose ground truth sits in `meta_info`).
 """
 
 from __future__ import annotations
@@ -17,7 +23,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from spatial_tuning.sample import SpatialSample
+from spatial_tuning.sample import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER, SpatialSample
+from spatial_tuning.vst_rows import IMAGE_FLAG, VIDEO_FLAG
 from vst_vla.atomic import write_bytes
 
 IMAGE_STRUCT = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
@@ -41,13 +48,22 @@ def _image_struct(data: bytes, path: str) -> dict[str, Any]:
     return {"bytes": data, "path": path}
 
 
+def release_text(text: str) -> str:
+    """`text` with this stack's `<image>` / `<video>` placeholders written as VST's flags."""
+    return text.replace(IMAGE_PLACEHOLDER, IMAGE_FLAG).replace(VIDEO_PLACEHOLDER, VIDEO_FLAG)
+
+
+def _images_column(sample: SpatialSample) -> list[dict[str, Any]]:
+    return [_image_struct(b, f"{sample.id}_{i}.png") for i, b in enumerate(sample.images)]
+
+
 def sample_to_row(sample: SpatialSample) -> dict[str, Any]:
-    """The VST row of `sample`: images as `{bytes, path}` structs, `meta_info` as a JSON string."""
+    """The VST SFT row of `sample`: VST's flags, images as `{bytes, path}` structs, `meta_info` as JSON."""
     row: dict[str, Any] = {
         "id": sample.id,
-        "conversations": [{"from": t["from"], "value": t["value"]} for t in sample.conversations],
+        "conversations": [{"from": t["from"], "value": release_text(t["value"])} for t in sample.conversations],
         "data_source": sample.data_source,
-        "images": [_image_struct(b, f"{sample.id}_{i}.png") for i, b in enumerate(sample.images)],
+        "images": _images_column(sample),
         "type": sample.type,
         "meta_info": json.dumps(sample.meta_info, sort_keys=True, ensure_ascii=False),
     }
@@ -55,21 +71,6 @@ def sample_to_row(sample: SpatialSample) -> dict[str, Any]:
         row["videos"] = [[_image_struct(b, f"{sample.id}_v{v}_{f}.png") for f, b in enumerate(frames)]
                          for v, frames in enumerate(sample.videos)]
     return row
-
-
-def row_to_sample(row: dict[str, Any]) -> SpatialSample:
-    """The `SpatialSample` of a well-formed row (no validation: `spatial_tuning.readers` validates)."""
-    meta = row.get("meta_info")
-    meta_info = json.loads(meta) if isinstance(meta, str) and meta.strip() else (meta or {})
-    return SpatialSample(
-        id=str(row["id"]),
-        conversations=[{"from": t["from"], "value": t["value"]} for t in row["conversations"]],
-        images=[img["bytes"] for img in row.get("images") or []],
-        type=row.get("type") or "",
-        data_source=row.get("data_source") or "",
-        meta_info=dict(meta_info),
-        videos=[[f["bytes"] for f in frames] for frames in row.get("videos") or []],
-    )
 
 
 def samples_to_table(samples: Sequence[SpatialSample]) -> pa.Table:
@@ -84,7 +85,7 @@ def samples_to_table(samples: Sequence[SpatialSample]) -> pa.Table:
 
 
 def write_parquet(samples: Iterable[SpatialSample], path: str | Path) -> Path:
-    """Write `samples` as one VST parquet file, atomically (the file appears complete or not at all).
+    """Write `samples` as one VST SFT parquet file, atomically (the file appears complete or not at all).
 
     The bytes depend only on the samples, so the same samples give the same file.
     """

@@ -145,7 +145,7 @@ def test_skip_counts_every_reason(tmp_path):
 def test_json_bad_rows_and_video_placeholder_mismatch(tmp_path):
     rows = [{"id": "ok", "conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]},
             {"id": "vid", "conversations": [{"from": "human", "value": "<video>q"}, {"from": "gpt", "value": "a"}]},
-            {"id": "meta", "meta_info": [1, 2],
+            {"id": "meta", "meta_info": "3",
              "conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]},
             {"id": "last", "conversations": [{"from": "human", "value": "q"}]}]
     path = tmp_path / "d.jsonl"

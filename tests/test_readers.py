@@ -40,6 +40,8 @@ def test_parquet_round_trip_keeps_every_field(tmp_path):
     row = table.slice(0, 1).to_pylist()[0]
     assert isinstance(row["meta_info"], str) and json.loads(row["meta_info"])["answer"] == "B"
     assert set(row["images"][0]) == {"bytes", "path"}
+    # Written with VST's flags (`vst/preprocess.py` IMAGE_FLAG), read back as this stack's `<image>`.
+    assert row["conversations"][0]["value"] == "<|image_pad|>Which is closer?"
     loaded = load_samples(path)
     assert [s.id for s in loaded] == ["s0", "s1", "s2"]
     for original, back in zip(samples, loaded):
@@ -154,3 +156,40 @@ def test_json_bad_rows_and_video_placeholder_mismatch(tmp_path):
     assert [s.id for s in samples] == ["ok"]
     assert dict(report.skipped) == {readers.VIDEO_COUNT_MISMATCH: 1, readers.BAD_META_INFO: 1,
                                     readers.NON_ALTERNATING_CONVERSATION: 1}
+
+
+@pytest.mark.parametrize("meta,reason", [
+    ({"mode": "multiple_choice", "answer": "B", "options": ["A. x", "B. y"]}, None),
+    ({"mode": "multiple_choice", "answer": "y", "options": ["A. x", "B. y"]}, None),  # an option's text
+    ({"mode": "multiple_choice", "answer": "maybe"}, readers.ANSWER_NOT_CHOICE),
+    ({"mode": "numeric", "answer": 1.25}, None),
+    ({"mode": "numeric", "answer": "1,250"}, None),
+    ({"mode": "numeric", "answer": "far"}, readers.ANSWER_NOT_NUMBER),
+    ({"mode": "bbox3d", "answer": [{"label": "a", "bbox_3d": [0, 0, 1, 1, 1, 1, 0, 0, 0]}]}, None),
+    ({"mode": "bbox3d", "answer": "[{label: a}]"}, readers.ANSWER_NOT_BOXES),
+    ({"mode": "bbox3d", "answer": []}, readers.EMPTY_ANSWER),
+    ({"mode": ["multi_choices_score"], "answer": "(C) the lamp"}, None),
+    ({"mode": ["multi_choices_score"], "answer": "`B`"}, None),
+    ({"mode": ["multi_choices_score"], "answer": "A lamp"}, readers.ANSWER_NOT_CHOICE),  # VST: "A x" is an article
+    ({"mode": ["relaxed_score"], "answer": "12.5%"}, None),
+    ({"mode": ["relaxed_score"], "answer": "2019"}, None),
+    ({"mode": ["relaxed_score"], "answer": "1.5 m"}, readers.ANSWER_NOT_NUMBER),
+    ({"mode": ["relaxed_score", "vqa_score"], "answer": "red"}, None),  # the maximum over modes: vqa scores it
+    ({"mode": ["vqa_score"], "answer": "  "}, readers.EMPTY_ANSWER),
+    ({"mode": ["math_score"], "answer": "\\frac{1}{2}"}, None),
+    ({"mode": ["anls_score"], "answer": "a red lamp"}, None),
+    ({"mode": ["bbox3d"], "answer": "no boxes"}, readers.ANSWER_NOT_BOXES),
+    ({"mode": ["exp_rate"], "answer": "x"}, readers.UNKNOWN_REWARD_MODE),
+    ({"mode": "choice", "answer": "x"}, readers.UNKNOWN_REWARD_MODE),
+    ({"answer": ""}, None),  # no mode: no reward ground truth to check
+])
+def test_ground_truth_checked_in_its_mode(meta, reason):
+    from spatial_tuning.ground_truth_check import check_ground_truth
+    from spatial_tuning.row_problems import RowProblem
+
+    if reason is None:
+        check_ground_truth(meta)
+    else:
+        with pytest.raises(RowProblem) as info:
+            check_ground_truth(meta)
+        assert info.value.reason == reason

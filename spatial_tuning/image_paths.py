@@ -85,13 +85,28 @@ def video_frames(item: Any, what: str, root: ImageRoot) -> list[bytes]:
     return _decode_video_file(full, what)
 
 
-def _decode_video_file(path: Path, what: str) -> list[bytes]:
+def is_image(data: bytes) -> bool:
+    """Whether PIL recognises `data` as an image (only the header is read)."""
+    try:
+        with Image.open(io.BytesIO(data)):
+            return True
+    except (OSError, ValueError, SyntaxError):  # UnidentifiedImageError is an OSError
+        return False
+
+
+def decode_video(data: bytes, what: str) -> list[bytes]:
+    """PNG frames of an encoded video file (mp4, webm, ...), as VST's SFT rows of type video carry them in
+    `images` (`prepare_data/sft/convert_json_parquet_video.py`)."""
+    return _decode_video_file(io.BytesIO(data), what)
+
+
+def _decode_video_file(source: Path | io.BytesIO, what: str) -> list[bytes]:
     import av  # PyAV ships with LeRobot's dataset extra; only video files need it
 
     frames: list[bytes] = []
     next_time = 0.0
     try:
-        with av.open(str(path)) as container:
+        with av.open(source if isinstance(source, io.BytesIO) else str(source)) as container:
             for frame in container.decode(video=0):
                 time = float(frame.time or 0.0)
                 if time + 1e-6 < next_time:
@@ -103,9 +118,9 @@ def _decode_video_file(path: Path, what: str) -> list[bytes]:
                 if len(frames) >= MAX_VIDEO_FRAMES:
                     break
     except (av.error.FFmpegError, ValueError) as error:
-        raise RowProblem(UNDECODABLE_IMAGE, f"{what}: video file {path} cannot be decoded: {error}") from error
+        raise RowProblem(UNDECODABLE_IMAGE, f"{what}: not an image and not a decodable video: {error}") from error
     if not frames:
-        raise RowProblem(UNDECODABLE_IMAGE, f"{what}: video file {path} has no frames")
+        raise RowProblem(UNDECODABLE_IMAGE, f"{what}: the video has no frames")
     return frames
 
 

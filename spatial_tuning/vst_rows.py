@@ -12,7 +12,9 @@ Conventions followed, from the VST repo (`Yangr116/VST`):
   `llava_sft_preprocess` do), then empty turns and turns whose role is not human/gpt are skipped. Each such
   repair is returned so the reader can count it.
 - `type`: containing "text" drops the images (`SampleTransform.__call__`); containing "video" means the items
-  of `images` are the frames of the `<|video_pad|>` video; containing "thought" selects the think prompt.
+  of `images` are encoded video files, one per `<|video_pad|>` (`load_vision_inputs`,
+  `prepare_data/sft/convert_json_parquet_video.py`), or, as we also accept, the frames of one video;
+  containing "thought" selects the think prompt.
 - `meta_info`: SFT converters write `json.dumps(meta_info_list)` (per-image sizes, docs/train.md); a list is
   kept under `meta_info["items"]`. RL rows (`prepare_data/rl/convert_rl_parquet.py`: `id, images, question,
   answer, meta_info`) carry a JSON object with `mode` (VST score names) and `question_type`; the `answer`
@@ -25,7 +27,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from spatial_tuning.image_paths import ImageRoot, image_bytes, video_frames
+from spatial_tuning.image_paths import ImageRoot, decode_video, image_bytes, is_image, video_frames
 from spatial_tuning.row_problems import (
     BAD_META_INFO,
     DROPPED_EMPTY_TURN,
@@ -57,6 +59,10 @@ def sft_row_sample(row: dict[str, Any], row_id: str, root: ImageRoot) -> tuple[S
                                             for i, item in enumerate(row.get("images") or [])]
     videos = [[image_bytes(f, f"video {v} frame {i}", root) for i, f in enumerate(frames or [])]
               for v, frames in enumerate(row.get("videos") or [])]
+    if "video" in row_type and images and not is_image(images[0]):
+        # Items of a video row are encoded video files, one per `<|video_pad|>`, unless they are frames.
+        videos += [decode_video(data, f"video {i}") for i, data in enumerate(images)]
+        images = []
     turns, repairs = repair_turns(row.get("conversations"))
     turns, placed = place_media(turns, len(images) + len(videos), IMAGE_PLACEHOLDER)
     sample = _build(row_id, turns, images, videos, row_type, _string_field(row, "data_source"),

@@ -54,6 +54,7 @@ def test_shapes_keep_placement_prompts_and_ground_truth(release):
     assert [t["from"] for t in samples["sft_leading_gpt"].conversations] == ["human", "human", "gpt"]
     assert samples["sft_text"].images == [] and samples["sft_thought"].think and not samples["sft_pad"].think
     assert len(samples["sft_video"].videos[0]) == 3 and len(samples["llava_video_dir"].videos[0]) == 3
+    assert len(samples["sft_video_mp4"].videos[0]) == 3  # 6 frames at 4 fps, decoded at VST's 2 fps
     assert samples["llava_video_file"].conversations[0]["value"] == "<video>What happens?"
     assert len(samples["llava_video_file"].videos[0]) == 3  # 6 frames at 4 fps sampled at 2 fps
     # meta_info: a JSON list kept under "items"; RL rows carry mode, question_type and the answer column.
@@ -147,7 +148,7 @@ def test_vst_vla_sft_runs_on_a_release_parquet_directory(tmp_path):
     proc = subprocess.run(command, check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     # on_bad_sample=error: any refused row would have stopped the run; every row is trained on.
-    assert "sft: 17 train samples" in proc.stdout + proc.stderr
+    assert "sft: 18 train samples" in proc.stdout + proc.stderr
     assert (tmp_path / "out" / "checkpoint-final" / "config.json").is_file()
-    # 17 parquet rows: 12 SFT rows (10 struct + bare bytes + path) and 5 RL rows, all read (one cache per file).
+    # 18 parquet rows: 13 SFT rows (11 struct + bare bytes + path) and 5 RL rows, all read (one cache per file).
     assert len(list((tmp_path / "counts").glob("*.json"))) == 4

@@ -32,6 +32,7 @@ ACCEPTED = [
     ("sft: type text with the converter's empty image", "sft_text", 0, 0, set()),
     ("sft: type bbox_3d, meta_info missing", "sft_bbox", 1, 0, set()),
     ("sft: type video, 3 frames in images", "sft_video", 0, 1, set()),
+    ("sft: type video, an mp4 file's bytes in images", "sft_video_mp4", 0, 1, set()),
     ("sft: type thought_*, <think> answer", "sft_thought", 1, 0, set()),
     ("sft: multi-turn", "sft_multi_turn", 1, 0, set()),
     ("sft: leading gpt turn and an empty turn", "sft_leading_gpt", 1, 0,
@@ -152,7 +153,11 @@ def _mp4(path: Path, frames: int = 6) -> None:
 def write_release_fixtures(root: Path) -> dict[str, Path]:
     """Every accepted shape under `root`: `parquet/` (SFT and RL files) and `json/` (LLaVA JSON, JSONL, images)."""
     parquet, llava = root / "parquet", root / "json"
-    files = {"sft": _write(sft_struct_rows(), parquet / "sft_struct.parquet"),
+    (root / "clip.mp4").parent.mkdir(parents=True, exist_ok=True)
+    _mp4(root / "clip.mp4")
+    mp4_row = _sft("sft_video_mp4", _turns(f"{VIDEO_FLAG}What changes?", "It gets brighter."),
+                   [{"bytes": (root / "clip.mp4").read_bytes(), "path": "/videos/clip.mp4"}], row_type="video")
+    files = {"sft": _write([*sft_struct_rows(), mp4_row], parquet / "sft_struct.parquet"),
              "sft_bytes": _write([_sft("sft_bare_bytes", _turns(f"{IMAGE_FLAG}Is it blue?", "No."), [png(12)])],
                                  parquet / "sft_bytes.parquet"),
              "rl": _write(rl_rows(), parquet / "rl.parquet")}

@@ -101,7 +101,7 @@ def decode_video(data: bytes, what: str) -> list[bytes]:
 
 
 def _decode_video_file(source: Path | io.BytesIO, what: str) -> list[bytes]:
-    import av  # PyAV ships with LeRobot's dataset extra; only video files need it
+    import av  # imported here: only rows with video files need it
 
     frames: list[bytes] = []
     next_time = 0.0

@@ -12,16 +12,11 @@ from typing import Any
 
 from PIL import Image
 
+# VST's system prompts live in prompts.py; re-exported here, where samples pick theirs.
+from spatial_tuning.prompts import DEFAULT_SYSTEM_PROMPT, THINK_SYSTEM_PROMPT
+
 IMAGE_PLACEHOLDER = "<image>"
 VIDEO_PLACEHOLDER = "<video>"
-
-# The system prompt that switches on reasoning for samples whose `type` contains "thought" (CoT cold start, RL).
-THINK_SYSTEM_PROMPT = (
-    "You are a helpful assistant. You first think about the reasoning process in the mind and then provide the "
-    "user with the answer. The reasoning process is enclosed within <think> </think> tags, followed by the final "
-    "answer, i.e., <think> reasoning process here </think> answer here."
-)
-DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 
 
 @dataclass

@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from spatial_tuning import metrics
+from spatial_tuning.prompts import uses_think_prompt
 from spatial_tuning.rewards import (
     bbox3d_scores,
     extract_choice,
@@ -46,9 +47,10 @@ METRIC_NAMES = {"multiple_choice": "accuracy", "numeric": "MRA", "bbox3d": "AP@1
 # --- generation ------------------------------------------------------------------------------------------
 
 
-def _batch_inputs(samples: Sequence[SpatialSample], processor, think: bool | None):
-    texts = [processor.apply_chat_template(s.messages(think=think, include_answer=False), tokenize=False,
-                                           add_generation_prompt=True) for s in samples]
+def _batch_inputs(samples: Sequence[SpatialSample], processor, think: bool | None, prompt_format: str):
+    texts = [processor.apply_chat_template(
+        s.messages(think=uses_think_prompt(s.meta_info, s.think, prompt_format, think), include_answer=False),
+        tokenize=False, add_generation_prompt=True) for s in samples]
     images = [image for s in samples for image in s.pil_images()]
     videos = [[np.asarray(frame) for frame in frames] for s in samples for frames in s.pil_videos()]
     kwargs: dict[str, Any] = {"text": texts, "padding": True, "return_tensors": "pt"}
@@ -75,15 +77,17 @@ def left_padding(processor) -> Iterator[None]:
 
 @torch.no_grad()
 def generate_answers(model, processor, samples: Sequence[SpatialSample], think: bool | None = None,
-                     batch_size: int = 8, max_new_tokens: int = 128, desc: str = "generating") -> list[str]:
-    """Greedy completions for `samples`, batched with left padding (prompts end where generation starts)."""
+                     batch_size: int = 8, max_new_tokens: int = 128, desc: str = "generating",
+                     prompt_format: str = "none") -> list[str]:
+    """Greedy completions for `samples`, batched with left padding (prompts end where generation starts); the think
+    prompt goes where `prompts.uses_think_prompt(..., prompt_format, think)` says."""
     tokenizer = processor.tokenizer
     device = device_of(model)
     model.eval()
     completions: list[str] = []
     with left_padding(processor):
         for start in tqdm(range(0, len(samples), batch_size), desc=desc, leave=False):
-            inputs = _batch_inputs(samples[start:start + batch_size], processor, think).to(device)
+            inputs = _batch_inputs(samples[start:start + batch_size], processor, think, prompt_format).to(device)
             output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
                                     pad_token_id=tokenizer.pad_token_id)
             new_tokens = output[:, inputs["input_ids"].shape[1]:]
@@ -148,11 +152,13 @@ def evaluate_checkpoint(source: Any, samples: Sequence[SpatialSample], cfg: Dict
     if source not in (None, "model"):
         model_cfg["source"] = str(source)
     model, processor = load_backbone(model_cfg)
+    prompt_format = str(OmegaConf.select(cfg, "prompt.format", default="none"))
     completions = generate_answers(model, processor, samples, think=cfg.think,
                                    batch_size=int(cfg.generation.batch_size),
-                                   max_new_tokens=int(cfg.generation.max_new_tokens), desc=f"eval {name}")
+                                   max_new_tokens=int(cfg.generation.max_new_tokens), desc=f"eval {name}",
+                                   prompt_format=prompt_format)
     # Format means the think format where the think prompt was used, a plain non-empty answer elsewhere.
-    records = [score_answer(c, s, require_think=s.think if cfg.think is None else bool(cfg.think))
+    records = [score_answer(c, s, require_think=uses_think_prompt(s.meta_info, s.think, prompt_format, cfg.think))
                for c, s in zip(completions, samples)]
     del model
     return {"source": str(model_cfg["source"]), "skills": skill_metrics(records),

@@ -28,9 +28,9 @@ THINK_SYSTEM_PROMPT = (
 )
 VLM3D_REASONER_PROMPT = THINK_SYSTEM_PROMPT  # the text of VST's examples/format_prompt/vlm3d_reasoner.jinja
 
-# `prompt.format` values: how a row is prompted in RL and evaluation.
-#   vlm3d_reasoner: VST's RL prompt (the format prompt as the system message, none for 3D-detection rows);
-#   none: the SFT rule (think system prompt where `think` says so, else the default).
+# `prompt.format` values, how RL and evaluation prompt a row on top of `think`:
+#   vlm3d_reasoner: VST's RL prompting: rows whose modes include bbox3d (3D detection) never get the think prompt;
+#   none: every row follows `think`.
 PROMPT_FORMATS = ("vlm3d_reasoner", "none")
 
 
@@ -43,11 +43,10 @@ def uses_think_prompt(meta_info: Mapping[str, Any], sample_think: bool, prompt_f
                       think: bool | None = True) -> bool:
     """Whether a row is prompted with the think (format) prompt, and so expected to answer `<think>...</think>`.
 
-    `prompt_format="vlm3d_reasoner"`: every row but 3D detection (VST's RL); `"none"`: `think` for every row, or
-    the sample's own flag (`type` contains "thought") when `think` is None.
+    `think`: True or False for every row, None for the sample's own flag (`type` contains "thought");
+    `prompt_format="vlm3d_reasoner"` then leaves 3D-detection rows without it, as VST's RL does.
     """
-    if prompt_format == "vlm3d_reasoner":
-        return not is_box_row(meta_info)
-    if prompt_format == "none":
-        return sample_think if think is None else bool(think)
-    raise ValueError(f"prompt.format={prompt_format!r} is not one of {', '.join(PROMPT_FORMATS)}")
+    if prompt_format not in PROMPT_FORMATS:
+        raise ValueError(f"prompt.format={prompt_format!r} is not one of {', '.join(PROMPT_FORMATS)}")
+    wanted = sample_think if think is None else bool(think)
+    return wanted and not (prompt_format == "vlm3d_reasoner" and is_box_row(meta_info))

@@ -31,6 +31,7 @@ from spatial_tuning.box_rewards import (  # noqa: F401  (re-exported: the 3D-box
     ground_truth_boxes,
     label_similarity,
     match_boxes,
+    normalize_label,
     parse_boxes,
 )
 from spatial_tuning.vst_scores import SCORES, answer_after_think, check_modes, vst_accuracy

@@ -259,7 +259,7 @@ def train_rl(cfg: DictConfig, samples: Sequence[SpatialSample], output_dir: Path
 def reward_trend(rows: Sequence[dict[str, Any]], fraction: float = 0.2) -> dict[str, Any]:
     """Mean reward, accuracy and format rate over the first and the last `fraction` of logged steps."""
     n = len(rows)
-    k = max(1, int(round(n * fraction))) if n else 0
+    k = max(1, round(n * fraction)) if n else 0
 
     def mean(part, key):
         values = [r[key] for r in part if key in r]

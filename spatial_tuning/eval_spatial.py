@@ -2,9 +2,11 @@
 
 Each checkpoint answers every sample by batched greedy generation (left padding). Answers are scored by the
 ground truth's `meta_info.mode`: exact match of the option letter (multiple choice), MRA (numeric, VSI-Bench's
-mean relative accuracy), AP at IoU 0.15 and mean IoU after Hungarian matching (3D boxes). Each skill's chance
-level sits in the same row: 1 / #options, the MRA of always answering the skill's mean value, and the AP / IoU
-of answering the skill's mean box. Writes `metrics.json` and `metrics.md`, prints the table.
+mean relative accuracy), AP at IoU 0.15 and mean IoU after Hungarian matching (3D boxes). Rows in VST's RL format
+(`mode` a list of score names) are scored by VST's reward accuracy (`rewards.accuracy_reward`), their 3D-detection
+rows by AP and IoU. Each skill's chance level sits in the same row: 1 / #options, the MRA of always answering the
+skill's mean value, and the AP / IoU of answering the skill's mean box (none for VST accuracy). Writes
+`metrics.json` and `metrics.md`, prints the table.
 """
 
 from __future__ import annotations
@@ -23,13 +25,17 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from spatial_tuning import metrics
+from spatial_tuning.prompts import uses_think_prompt
 from spatial_tuning.rewards import (
+    accuracy_reward,
     bbox3d_scores,
     extract_choice,
     extract_number,
-    format_reward,
+    format_score,
     ground_truth_boxes,
     ground_truth_choice,
+    is_box_row,
+    is_scorable,
     option_texts,
     parse_boxes,
     split_answer,
@@ -40,15 +46,16 @@ from vst_vla.backbone import device_of, load_backbone
 
 log = logging.getLogger(__name__)
 
-METRIC_NAMES = {"multiple_choice": "accuracy", "numeric": "MRA", "bbox3d": "AP@15"}
+METRIC_NAMES = {"multiple_choice": "accuracy", "numeric": "MRA", "bbox3d": "AP@15", "vst": "VST accuracy"}
 
 
 # --- generation ------------------------------------------------------------------------------------------
 
 
-def _batch_inputs(samples: Sequence[SpatialSample], processor, think: bool | None):
-    texts = [processor.apply_chat_template(s.messages(think=think, include_answer=False), tokenize=False,
-                                           add_generation_prompt=True) for s in samples]
+def _batch_inputs(samples: Sequence[SpatialSample], processor, think: bool | None, prompt_format: str):
+    texts = [processor.apply_chat_template(
+        s.messages(think=uses_think_prompt(s.meta_info, s.think, prompt_format, think), include_answer=False),
+        tokenize=False, add_generation_prompt=True) for s in samples]
     images = [image for s in samples for image in s.pil_images()]
     videos = [[np.asarray(frame) for frame in frames] for s in samples for frames in s.pil_videos()]
     kwargs: dict[str, Any] = {"text": texts, "padding": True, "return_tensors": "pt"}
@@ -75,15 +82,17 @@ def left_padding(processor) -> Iterator[None]:
 
 @torch.no_grad()
 def generate_answers(model, processor, samples: Sequence[SpatialSample], think: bool | None = None,
-                     batch_size: int = 8, max_new_tokens: int = 128, desc: str = "generating") -> list[str]:
-    """Greedy completions for `samples`, batched with left padding (prompts end where generation starts)."""
+                     batch_size: int = 8, max_new_tokens: int = 128, desc: str = "generating",
+                     prompt_format: str = "none") -> list[str]:
+    """Greedy completions for `samples`, batched with left padding (prompts end where generation starts); the think
+    prompt goes where `prompts.uses_think_prompt(..., prompt_format, think)` says."""
     tokenizer = processor.tokenizer
     device = device_of(model)
     model.eval()
     completions: list[str] = []
     with left_padding(processor):
         for start in tqdm(range(0, len(samples), batch_size), desc=desc, leave=False):
-            inputs = _batch_inputs(samples[start:start + batch_size], processor, think).to(device)
+            inputs = _batch_inputs(samples[start:start + batch_size], processor, think, prompt_format).to(device)
             output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
                                     pad_token_id=tokenizer.pad_token_id)
             new_tokens = output[:, inputs["input_ids"].shape[1]:]
@@ -99,9 +108,13 @@ def score_answer(completion: str, sample: SpatialSample, require_think: bool = T
     meta = sample.meta_info
     mode = meta.get("mode")
     _, answer = split_answer(completion)
-    record: dict[str, Any] = {"id": sample.id, "skill": sample.skill, "mode": mode, "completion": completion,
-                              "format": format_reward(completion, require_think=require_think)}
-    if mode == "multiple_choice":
+    if mode is not None and not isinstance(mode, str):  # a VST row: its list of score names
+        # VST scores 3D detection on the whole completion; everything else by its reward accuracy.
+        mode, answer = ("bbox3d", completion) if is_box_row(meta) else ("vst", answer)
+    record: dict[str, Any] = {"id": sample.id, "skill": sample.skill, "mode": mode, "completion": completion}
+    if mode == "vst":
+        record["accuracy"] = accuracy_reward(completion, meta)
+    elif mode == "multiple_choice":
         record["correct"] = metrics.exact_match(extract_choice(answer, meta.get("options")), ground_truth_choice(meta))
         record["n_options"] = len(option_texts(meta.get("options"))) or 4
     elif mode == "numeric":
@@ -113,6 +126,7 @@ def score_answer(completion: str, sample: SpatialSample, require_think: bool = T
         record["mean_iou"] = bbox3d_scores(record["predicted"], record["reference"])["mean_iou"]
     else:
         raise ValueError(f"sample {sample.id}: meta_info.mode={mode!r} cannot be scored")
+    record["format"] = format_score(completion, meta, require_think=require_think)
     return record
 
 
@@ -126,7 +140,9 @@ def skill_metrics(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, A
         mode = rows[0]["mode"]
         entry: dict[str, Any] = {"mode": mode, "n": len(rows), "metric": METRIC_NAMES[mode],
                                  "format_rate": float(np.mean([r["format"] for r in rows]))}
-        if mode == "multiple_choice":
+        if mode == "vst":
+            entry["value"], entry["chance"] = float(np.mean([r["accuracy"] for r in rows])), float("nan")
+        elif mode == "multiple_choice":
             entry["value"] = float(np.mean([r["correct"] for r in rows]))
             entry["chance"] = metrics.choice_chance([r["n_options"] for r in rows])
         elif mode == "numeric":
@@ -148,11 +164,13 @@ def evaluate_checkpoint(source: Any, samples: Sequence[SpatialSample], cfg: Dict
     if source not in (None, "model"):
         model_cfg["source"] = str(source)
     model, processor = load_backbone(model_cfg)
+    prompt_format = str(OmegaConf.select(cfg, "prompt.format", default="none"))
     completions = generate_answers(model, processor, samples, think=cfg.think,
                                    batch_size=int(cfg.generation.batch_size),
-                                   max_new_tokens=int(cfg.generation.max_new_tokens), desc=f"eval {name}")
+                                   max_new_tokens=int(cfg.generation.max_new_tokens), desc=f"eval {name}",
+                                   prompt_format=prompt_format)
     # Format means the think format where the think prompt was used, a plain non-empty answer elsewhere.
-    records = [score_answer(c, s, require_think=s.think if cfg.think is None else bool(cfg.think))
+    records = [score_answer(c, s, require_think=uses_think_prompt(s.meta_info, s.think, prompt_format, cfg.think))
                for c, s in zip(completions, samples)]
     del model
     return {"source": str(model_cfg["source"]), "skills": skill_metrics(records),
@@ -209,7 +227,7 @@ def load_eval_samples(cfg: DictConfig) -> list[SpatialSample]:
     if cfg.benchmarks.vsi_bench:
         samples += read_vsi_bench(cfg.benchmarks.vsi_bench, max_samples=limit,
                                   num_frames=int(cfg.benchmarks.vsi_num_frames))
-    samples = [s for s in samples if s.meta_info.get("mode") in METRIC_NAMES]
+    samples = [s for s in samples if is_scorable(s.meta_info)]
     if cfg.data.max_per_skill:
         samples = first_per_skill(samples, int(cfg.data.max_per_skill))
     if cfg.data.max_samples:

@@ -1,7 +1,9 @@
 """`vst-vla rl`: GRPO / DAPO on rule-checkable spatial samples through TRL's `GRPOTrainer`.
 
 Two reward functions, `accuracy` and `format` (spatial_tuning/rewards.py), weighted 0.5 / 0.5 through
-`reward_weights`, so TRL logs each one's mean per step next to the total reward. DAPO online filtering (drop
+`reward_weights`, so TRL logs each one's mean per step next to the total reward. The think (format) system prompt
+goes where `think` says; `prompt.format=vlm3d_reasoner` (default, VST's RL) leaves it off 3D-detection rows
+(spatial_tuning/prompts.py). DAPO online filtering (drop
 groups whose accuracies are all equal) is not built into TRL 1.16: `DapoGRPOTrainer` reads the group accuracies
 right after scoring and removes those groups from the loss (zero advantage, zero loss mask, and the DAPO token
 normaliser recomputed over the kept tokens), so they neither push the policy nor dilute the update. Dropped
@@ -28,7 +30,15 @@ from transformers import TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 
 from spatial_tuning.eval_spatial import left_padding
-from spatial_tuning.rewards import MODES, accuracy_reward, format_reward, parse_meta_info
+from spatial_tuning.prompts import uses_think_prompt
+from spatial_tuning.rewards import (
+    MODES,
+    VST_MODES,
+    accuracy_reward,
+    format_score,
+    is_scorable,
+    parse_meta_info,
+)
 from spatial_tuning.sample import SpatialSample
 from vst_vla.atomic import atomic_directory, write_json
 from vst_vla.backbone import load_backbone, save_backbone
@@ -45,32 +55,36 @@ def _arrow_safe(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
             for m in messages]
 
 
-def rl_rows(samples: Sequence[SpatialSample], think: bool | None = True) -> list[dict[str, Any]]:
-    """GRPO rows (`prompt`, `images`, `meta_info` as JSON, `skill`) from the rule-checkable image samples."""
+def rl_rows(samples: Sequence[SpatialSample], think: bool | None = True,
+            prompt_format: str = "vlm3d_reasoner") -> list[dict[str, Any]]:
+    """GRPO rows (`prompt`, `images`, `meta_info` as JSON, `skill`, `think`: whether the row got the think prompt)
+    from the rule-checkable image samples, prompted by `prompt_format` (see `prompts.uses_think_prompt`)."""
     rows, skipped = [], {"no_mode": 0, "video": 0}
     for sample in samples:
-        if sample.meta_info.get("mode") not in MODES:
+        if not is_scorable(sample.meta_info):
             skipped["no_mode"] += 1
             continue
         if sample.videos:  # TRL 1.16's GRPOTrainer feeds images only
             skipped["video"] += 1
             continue
-        rows.append({"prompt": _arrow_safe(sample.messages(think=think, include_answer=False)),
+        wants_think = uses_think_prompt(sample.meta_info, sample.think, prompt_format, think)
+        rows.append({"prompt": _arrow_safe(sample.messages(think=wants_think, include_answer=False)),
                      "images": sample.pil_images(), "meta_info": json.dumps(sample.meta_info),
-                     "skill": sample.skill, "think": sample.think if think is None else bool(think)})
+                     "skill": sample.skill, "think": wants_think})
     if any(skipped.values()):
         log.info("rl: skipped %d samples without a rule-checkable meta_info.mode and %d video samples",
                  skipped["no_mode"], skipped["video"])
     if not rows:
-        raise ValueError(f"no rule-checkable image samples (meta_info.mode in {MODES}) among {len(samples)} samples")
+        raise ValueError(f"no rule-checkable image samples (meta_info.mode one of {MODES} or a list of {VST_MODES}, "
+                         f"meta_info.answer set) among {len(samples)} samples")
     return rows
 
 
-def rl_dataset(samples: Sequence[SpatialSample], think: bool | None = True):
+def rl_dataset(samples: Sequence[SpatialSample], think: bool | None = True, prompt_format: str = "vlm3d_reasoner"):
     """A `datasets.Dataset` of GRPO rows (images stored as an image feature)."""
     from datasets import Dataset
 
-    return Dataset.from_list(rl_rows(samples, think))
+    return Dataset.from_list(rl_rows(samples, think, prompt_format))
 
 
 # --- rewards ---------------------------------------------------------------------------------------------
@@ -88,14 +102,17 @@ def _text(completion: Any) -> str:
 
 def make_reward_funcs(require_think: bool = True) -> list[Callable[..., list[float]]]:
     """The `accuracy` and `format` reward functions in TRL's signature (one float per completion). The format
-    wants the think block where the row's `think` column says the think prompt was used (else `require_think`)."""
+    wants the think block where the row's `think` column says the think prompt was used (else `require_think`);
+    VST's 3D-detection rows are held to its JSON box format."""
 
     def accuracy(prompts, completions, meta_info, **kwargs) -> list[float]:
         return [accuracy_reward(_text(c), parse_meta_info(m)) for c, m in zip(completions, meta_info)]
 
-    def format(prompts, completions, think=None, **kwargs) -> list[float]:
+    def format(prompts, completions, think=None, meta_info=None, **kwargs) -> list[float]:
         wants = think if think is not None else [require_think] * len(completions)
-        return [format_reward(_text(c), require_think=bool(w)) for c, w in zip(completions, wants)]
+        metas = meta_info if meta_info is not None else [None] * len(completions)
+        return [format_score(_text(c), parse_meta_info(m) if m is not None else None, require_think=bool(w))
+                for c, w, m in zip(completions, wants, metas)]
 
     return [accuracy, format]
 
@@ -217,7 +234,8 @@ def train_rl(cfg: DictConfig, samples: Sequence[SpatialSample], output_dir: Path
     output_dir.mkdir(parents=True, exist_ok=True)
     model, processor = load_backbone(cfg.model)
     think = cfg.think  # None: per sample (type contains "thought")
-    dataset = rl_dataset(samples, think=think)
+    dataset = rl_dataset(samples, think=think, prompt_format=str(OmegaConf.select(cfg, "prompt.format",
+                                                                                  default="vlm3d_reasoner")))
     log.info("rl: %d training prompts, %d generations each", len(dataset), cfg.grpo.num_generations)
     log_callback = JsonlLogCallback(output_dir / "rl_log.jsonl")
     (output_dir / "rl_log.jsonl").unlink(missing_ok=True)
@@ -241,7 +259,7 @@ def train_rl(cfg: DictConfig, samples: Sequence[SpatialSample], output_dir: Path
 def reward_trend(rows: Sequence[dict[str, Any]], fraction: float = 0.2) -> dict[str, Any]:
     """Mean reward, accuracy and format rate over the first and the last `fraction` of logged steps."""
     n = len(rows)
-    k = max(1, int(round(n * fraction))) if n else 0
+    k = max(1, round(n * fraction)) if n else 0
 
     def mean(part, key):
         values = [r[key] for r in part if key in r]

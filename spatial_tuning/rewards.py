@@ -1,17 +1,18 @@
-"""VST rewards as plain functions: format, accuracy by answer mode, and their weighted sum.
+"""The one reward entry point for spatial RL and evaluation: accuracy by answer mode, format, and their weighted sum.
 
-Every scorer takes the model's completion text and the sample's `meta_info` (`mode`, `answer`, `options`, `unit`)
-and returns its component scores, so RL, evaluation and tests share one implementation:
+`vst_reward(completion, meta_info)` returns `{"overall", "accuracy", "format"}` with overall = 0.5 * accuracy +
+0.5 * format (VST's `format_weight=0.5`). `meta_info["answer"]` is the ground truth; `meta_info["mode"]` is either
 
-- format: exactly one `<think>...</think>` block, followed by a non-empty answer;
-- accuracy, by `meta_info["mode"]`: `multiple_choice` (letter A-F), `numeric` (relaxed, within 5 %),
-  `bbox3d` (0.5 * mean IoU after Hungarian matching + 0.5 * F1 at IoU 0.25);
-- overall = w_acc * accuracy + w_fmt * format (0.5 / 0.5 by default).
+- a list of VST score names (`multi_choices_score`, `relaxed_score`, `vqa_score`, `anls_score`, `math_score`,
+  `bbox3d`), as VST's RL parquet rows carry it: accuracy as VST's `vlm3d.py` computes it (`vst_scores.py`); a row
+  whose modes include `bbox3d` is scored on 3D boxes and VST's JSON box format instead (`box_rewards.py`);
+- or this project's own mode string: `multiple_choice` (option letter A-F, `meta_info["options"]`), `numeric`
+  (within 5 %, `meta_info["unit"]`), `bbox3d`; accuracy is read from the answer part only (an unclosed `<think>`
+  leaves no answer).
 
-Accuracy is read from the answer part only (the text after `</think>`), so an answer hidden inside the reasoning
-earns nothing. Two bugs of the reference implementation are avoided on purpose: label similarity is a
-similarity (1 - normalised edit distance), never the raw distance, and the ground truth (not the prediction)
-decides which mode and which options apply.
+Format (every row but VST's 3D detection): exactly one `<think>...</think>` (non-overlapping matches of
+`<think>.*?</think>`) and non-empty text after the last `</think>`, as VST's `format_reward`; with the think prompt
+off (`require_think=False`), a non-empty answer without think tags.
 """
 
 from __future__ import annotations
@@ -22,18 +23,26 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
-from scipy.optimize import linear_sum_assignment
+from spatial_tuning.box_rewards import (  # noqa: F401  (re-exported: the 3D-box scorers are part of this API)
+    F1_IOU_THRESHOLD,
+    bbox3d_accuracy,
+    bbox3d_scores,
+    box_format_reward,
+    ground_truth_boxes,
+    label_similarity,
+    match_boxes,
+    normalize_label,
+    parse_boxes,
+)
+from spatial_tuning.vst_scores import SCORES, answer_after_think, check_modes, vst_accuracy
 
-from spatial_tuning.geometry3d import box_iou_3d
-
-MODES = ("multiple_choice", "numeric", "bbox3d")
+MODES = ("multiple_choice", "numeric", "bbox3d")  # this project's own mode strings
+VST_MODES = (*SCORES, "bbox3d")  # the score names a VST RL row may list
 LETTERS = "ABCDEF"
 RELATIVE_TOLERANCE = 0.05
-F1_IOU_THRESHOLD = 0.25
 
 _THINK_OPEN, _THINK_CLOSE = "<think>", "</think>"
-_FORMAT = re.compile(r"\s*<think>(?P<think>.*?)</think>(?P<answer>.*)", re.DOTALL)
+_THINK_BLOCK = re.compile(r"<think>.*?</think>", re.DOTALL)
 
 
 # --- format ---------------------------------------------------------------------------------------------
@@ -51,15 +60,14 @@ def split_answer(completion: str) -> tuple[str | None, str]:
 
 
 def format_reward(completion: str, require_think: bool = True) -> float:
-    """1.0 for exactly one `<think>...</think>` followed by a non-empty answer, else 0.0. With
-    `require_think=False` (think prompt off), 1.0 for a non-empty answer that has no think tags."""
-    n_open, n_close = completion.count(_THINK_OPEN), completion.count(_THINK_CLOSE)
+    """1.0 for exactly one `<think>...</think>` and a non-empty answer after the last `</think>`, else 0.0 (VST's
+    rule: text before the think block is allowed). With `require_think=False` (think prompt off), 1.0 for a
+    non-empty answer that has no think tags."""
     if not require_think:
-        return float(n_open == 0 and n_close == 0 and bool(completion.strip()))
-    if n_open != 1 or n_close != 1:
+        return float(_THINK_OPEN not in completion and _THINK_CLOSE not in completion and bool(completion.strip()))
+    if len(_THINK_BLOCK.findall(completion)) != 1:
         return 0.0
-    match = _FORMAT.fullmatch(completion)
-    return float(bool(match and match.group("answer").strip()))
+    return float(bool(answer_after_think(completion)))
 
 
 # --- multiple choice ------------------------------------------------------------------------------------
@@ -206,122 +214,66 @@ def numeric_accuracy(answer: str, meta_info: Mapping[str, Any]) -> float:
     return relaxed_numeric_accuracy(extract_number(answer, meta_info.get("unit")), target)
 
 
-# --- 3D boxes -------------------------------------------------------------------------------------------
-
-
-def parse_boxes(text: str) -> list[dict[str, Any]]:
-    """3D boxes from a (fenced) JSON list of `{"label", "bbox_3d": [9 numbers]}`; malformed entries are skipped."""
-    fenced = re.search(r"```(?:json)?\s*(.*?)```", text, re.DOTALL)
-    body = fenced.group(1) if fenced else text
-    start, end = body.find("["), body.rfind("]")
-    if start < 0 or end <= start:
-        return []
-    try:
-        items = json.loads(body[start:end + 1])
-    except json.JSONDecodeError:
-        # Fall back to the objects one by one, so one broken entry does not void the others.
-        items = []
-        for chunk in re.findall(r"\{[^{}]*\}", body[start:end + 1]):
-            try:
-                items.append(json.loads(chunk))
-            except json.JSONDecodeError:
-                continue
-    if isinstance(items, dict):
-        items = [items]
-    return [box for box in (_as_box(item) for item in items if isinstance(item, Mapping)) if box is not None]
-
-
-def _as_box(item: Mapping[str, Any]) -> dict[str, Any] | None:
-    values = item.get("bbox_3d")
-    if not isinstance(values, Sequence) or len(values) != 9:
-        return None
-    try:
-        numbers = [float(v) for v in values]
-    except (TypeError, ValueError):
-        return None
-    if not all(math.isfinite(v) for v in numbers) or min(numbers[3:6]) <= 0:
-        return None
-    return {"label": str(item.get("label", "")), "bbox_3d": numbers}
-
-
-def ground_truth_boxes(meta_info: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Reference boxes from `meta_info["answer"]` (a list, or its JSON text)."""
-    answer = meta_info.get("answer")
-    boxes = parse_boxes(answer) if isinstance(answer, str) else [b for b in map(_as_box, answer or []) if b]
-    if answer and not boxes:
-        raise ValueError(f"bbox3d meta_info.answer has no valid box: {str(answer)[:120]!r}")
-    return boxes
-
-
-def normalize_label(label: str) -> str:
-    return " ".join(label.lower().replace("_", " ").split())
-
-
-def label_similarity(a: str, b: str) -> float:
-    """1 - normalised Levenshtein distance: 1.0 for equal labels, 0.0 for entirely different ones."""
-    a, b = normalize_label(a), normalize_label(b)
-    if not a and not b:
-        return 1.0
-    previous = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        current = [i]
-        for j, cb in enumerate(b, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
-        previous = current
-    return 1.0 - previous[-1] / max(len(a), len(b))
-
-
-def match_boxes(predicted: Sequence[Mapping[str, Any]], reference: Sequence[Mapping[str, Any]],
-                min_label_similarity: float = 0.8) -> list[tuple[int, int, float]]:
-    """Hungarian matching maximising total IoU; boxes whose labels are less similar than `min_label_similarity`
-    cannot match. Returns `(pred_index, ref_index, iou)` for matched pairs with IoU > 0."""
-    if not predicted or not reference:
-        return []
-    iou = np.zeros((len(predicted), len(reference)))
-    for i, p in enumerate(predicted):
-        for j, r in enumerate(reference):
-            if label_similarity(p["label"], r["label"]) >= min_label_similarity:
-                iou[i, j] = box_iou_3d(p["bbox_3d"], r["bbox_3d"])
-    rows, cols = linear_sum_assignment(-iou)
-    return [(int(i), int(j), float(iou[i, j])) for i, j in zip(rows, cols) if iou[i, j] > 0]
-
-
-def bbox3d_scores(predicted: Sequence[Mapping[str, Any]], reference: Sequence[Mapping[str, Any]],
-                  iou_threshold: float = F1_IOU_THRESHOLD) -> dict[str, float]:
-    """`mean_iou` (matched IoU summed over max(#pred, #ref)), `f1` at `iou_threshold`, and `score` = their mean."""
-    if not predicted and not reference:
-        return {"mean_iou": 1.0, "f1": 1.0, "score": 1.0}
-    matches = match_boxes(predicted, reference)
-    mean_iou = sum(m[2] for m in matches) / max(len(predicted), len(reference))
-    true_positives = sum(1 for m in matches if m[2] >= iou_threshold)
-    f1 = 2 * true_positives / (len(predicted) + len(reference))
-    return {"mean_iou": mean_iou, "f1": f1, "score": 0.5 * mean_iou + 0.5 * f1}
-
-
-def bbox3d_accuracy(answer: str, meta_info: Mapping[str, Any]) -> float:
-    """0.5 * mean IoU after Hungarian matching + 0.5 * F1 at IoU 0.25."""
-    return bbox3d_scores(parse_boxes(answer), ground_truth_boxes(meta_info))["score"]
-
-
 # --- overall --------------------------------------------------------------------------------------------
 
 _ACCURACY = {"multiple_choice": choice_accuracy, "numeric": numeric_accuracy, "bbox3d": bbox3d_accuracy}
 
 
-def accuracy_reward(completion: str, meta_info: Mapping[str, Any]) -> float:
-    """Accuracy of the answer part of `completion`, scored by the ground truth's `meta_info["mode"]`."""
+def vst_modes(meta_info: Mapping[str, Any]) -> list[str] | None:
+    """The row's VST score names when `meta_info["mode"]` is a list (VST's RL rows), None for our own mode string;
+    a ValueError names a mode that is neither."""
     mode = meta_info.get("mode")
-    if mode not in _ACCURACY:
-        raise ValueError(f"meta_info.mode={mode!r} is not one of {', '.join(MODES)}")
+    if isinstance(mode, str):
+        if mode not in MODES:
+            raise ValueError(f"meta_info.mode={mode!r} is not one of {', '.join(MODES)} nor a list of {VST_MODES}")
+        return None
+    if not isinstance(mode, Sequence) and not hasattr(mode, "tolist"):
+        raise ValueError(f"meta_info.mode={mode!r}: give one of {', '.join(MODES)} or a list of {VST_MODES}")
+    modes = [str(m) for m in (mode.tolist() if hasattr(mode, "tolist") else mode)]
+    if "bbox3d" not in modes:
+        check_modes(modes)
+    return modes
+
+
+def is_scorable(meta_info: Mapping[str, Any]) -> bool:
+    """Whether `vst_reward` can score a row with this `meta_info` (a known mode and an answer)."""
+    try:
+        vst_modes(meta_info)
+    except ValueError:
+        return False
+    return meta_info.get("answer") is not None
+
+
+def is_box_row(meta_info: Mapping[str, Any]) -> bool:
+    """Whether a row is 3D detection (VST gives those no think prompt and scores their JSON format)."""
+    mode = meta_info.get("mode")
+    return mode == "bbox3d" or (not isinstance(mode, str) and mode is not None and "bbox3d" in list(mode))
+
+
+def accuracy_reward(completion: str, meta_info: Mapping[str, Any]) -> float:
+    """Accuracy of `completion` against `meta_info["answer"]`, by the row's mode(s)."""
+    modes = vst_modes(meta_info)
+    if modes is not None:
+        if "bbox3d" in modes:  # VST scores the whole completion on boxes, with no exact-match shortcut
+            return bbox3d_accuracy(completion, meta_info)
+        return vst_accuracy(completion, str(meta_info.get("answer", "")), modes)
     _, answer = split_answer(completion)
-    return _ACCURACY[mode](answer, meta_info) if answer else 0.0
+    return _ACCURACY[meta_info["mode"]](answer, meta_info) if answer else 0.0
+
+
+def format_score(completion: str, meta_info: Mapping[str, Any] | None = None, require_think: bool = True) -> float:
+    """The format reward of a row: VST's JSON box format for its 3D-detection rows, else `format_reward`."""
+    if meta_info is not None and vst_modes(meta_info) is not None and is_box_row(meta_info):
+        return box_format_reward(completion)
+    return format_reward(completion, require_think=require_think)
 
 
 def vst_reward(completion: str, meta_info: Mapping[str, Any], w_acc: float = 0.5, w_fmt: float = 0.5,
                require_think: bool = True) -> dict[str, float]:
-    """The VST reward with its components: `{"overall", "accuracy", "format"}`."""
+    """The reward with its components: `{"overall", "accuracy", "format"}`, overall = w_acc * accuracy + w_fmt *
+    format (VST: 0.5 / 0.5). `require_think`: whether the think prompt was used for this row."""
     accuracy = accuracy_reward(completion, meta_info)
-    fmt = format_reward(completion, require_think=require_think)
+    fmt = format_score(completion, meta_info, require_think=require_think)
     return {"overall": w_acc * accuracy + w_fmt * fmt, "accuracy": accuracy, "format": fmt}
 
 

@@ -12,18 +12,13 @@ from typing import Any
 
 from PIL import Image
 
+# VST's system prompts live in prompts.py; re-exported here, where samples pick theirs.
+from spatial_tuning.prompts import DEFAULT_SYSTEM_PROMPT, THINK_SYSTEM_PROMPT
+
 # Inside this stack a conversation marks its images and videos with these; the readers map VST's release flags
 # (`<|image_pad|>`, `<|video_pad|>`) onto them and the parquet writer maps them back (`spatial_tuning.vst_rows`).
 IMAGE_PLACEHOLDER = "<image>"
 VIDEO_PLACEHOLDER = "<video>"
-
-# The system prompt that switches on reasoning for samples whose `type` contains "thought" (CoT cold start, RL).
-THINK_SYSTEM_PROMPT = (
-    "You are a helpful assistant. You first think about the reasoning process in the mind and then provide the "
-    "user with the answer. The reasoning process is enclosed within <think> </think> tags, followed by the final "
-    "answer, i.e., <think> reasoning process here </think> answer here."
-)
-DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 
 
 @dataclass

@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from spatial_tuning.prompts import DEFAULT_SYSTEM_PROMPT, THINK_SYSTEM_PROMPT
 from spatial_tuning.sample import SpatialSample
 from vst_vla.atomic import write_json
 from vst_vla.paths import cache_dir
@@ -34,7 +35,8 @@ class SampleEncodingError(ValueError):
 
 
 def chat_text(sample: SpatialSample, processor) -> str:
-    """The full conversation (system prompt, user turns with image placeholders, assistant replies) as text."""
+    """The full conversation as text: VST's system prompt (the think prompt for a `type` containing "thought", else
+    the default; spatial_tuning/prompts.py), user turns with image placeholders, assistant replies."""
     return processor.apply_chat_template(sample.messages(), tokenize=False, add_generation_prompt=False)
 
 
@@ -110,7 +112,7 @@ def count_tokens(sample: SpatialSample, processor) -> int:
 
 
 def processor_fingerprint(processor) -> str:
-    """A short hash of everything in the processor that changes token counts."""
+    """A short hash of everything in the processor (and the system prompts) that changes token counts."""
     ip = processor.image_processor
     tokenizer = processor.tokenizer
     payload = json.dumps({
@@ -118,6 +120,7 @@ def processor_fingerprint(processor) -> str:
         "size": {k: getattr(ip.size, k, None) for k in ("shortest_edge", "longest_edge")},
         "patch": ip.patch_size, "merge": ip.merge_size, "vocab": len(tokenizer),
         "template": processor.chat_template, "class": type(tokenizer).__name__,
+        "system_prompts": [DEFAULT_SYSTEM_PROMPT, THINK_SYSTEM_PROMPT],  # a changed prompt changes every count
         "probe": tokenizer.encode("<|im_start|>assistant\nThe red cube is 1.25 m away.<|im_end|>"),
     }, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]

@@ -66,6 +66,25 @@ def test_scores_and_chance_per_skill():
     assert skills["bbox3d"]["chance"] == 1.0 and skills["bbox3d"]["chance_mean_iou"] == pytest.approx(0.787, abs=1e-3)
 
 
+def test_vst_rows_score_by_vst_accuracy_and_boxes_by_ap():
+    # VST RL rows (mode = a list of score names): VST's reward accuracy; their 3D detection: AP and IoU.
+    box_json = json.dumps([{"label": "red box", "bbox_3d": BOX}])
+    rows = [SpatialSample(f"v{i}", [{"from": "human", "value": "<image>Q"}, {"from": "gpt", "value": truth}],
+                          images=[_png((9, 9, 9))], meta_info={"skill": skill, "mode": modes, "answer": truth})
+            for i, (skill, modes, truth) in enumerate([("counting", ["vqa_score"], "2 dogs"),
+                                                       ("counting", ["vqa_score"], "3"),
+                                                       ("detection", ["bbox3d"], box_json)])]
+    answers = ["<think>x</think> Two dogs.", "<think>x</think> four", "```json\n" + box_json + "\n```"]
+    records = [score_answer(a, s, require_think=True) for a, s in zip(answers, rows)]
+    skills = skill_metrics(records)
+    # "Two dogs." normalises to "2 dogs" (1), "four" to "4" (0): mean 0.5; no chance level for VST accuracy.
+    assert skills["counting"]["metric"] == "VST accuracy" and skills["counting"]["value"] == 0.5
+    assert skills["counting"]["format_rate"] == 1.0 and skills["counting"]["chance"] != skills["counting"]["chance"]
+    # The box row answers plain JSON (VST gives 3D detection no think prompt): JSON format 1, AP@15 1.
+    assert skills["detection"]["metric"] == "AP@15" and skills["detection"]["value"] == 1.0
+    assert skills["detection"]["format_rate"] == 1.0
+
+
 def test_evaluate_writes_metrics_and_one_table(tiny_checkpoint_dir, compose, tmp_path, capsys):
     cfg = compose("eval-spatial", ["experiment=tiny", "model.device=cpu", "generation.max_new_tokens=4",
                                    "generation.batch_size=3",

@@ -62,7 +62,7 @@ def _cfg(compose, *overrides):
 def test_rows_keep_rule_checkable_image_samples():
     rows = rl_rows(rl_samples(2), think=True)
     assert [json.loads(r["meta_info"])["mode"] for r in rows] == ["multiple_choice", "multiple_choice", "numeric"]
-    assert rows[0]["prompt"][0]["content"][0]["text"].startswith("You are a helpful assistant. You first think")
+    assert rows[0]["prompt"][0]["content"][0]["text"].startswith("You are a helpful assistant. You should first think")
     assert rows[0]["prompt"][1]["content"][0]["type"] == "image" and len(rows[0]["images"]) == 1
     plain = rl_rows(rl_samples(1), think=False)
     assert plain[0]["prompt"][0]["content"][0]["text"] == "You are a helpful assistant." and not plain[0]["think"]

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from vst_release_fixtures import ACCEPTED, BOX, REJECTED, write_bad_fixtures, write_release_fixtures
 
+from spatial_tuning.grpo import rl_rows
 from spatial_tuning.readers import BadSampleError, load_samples, load_samples_with_report
 from spatial_tuning.sft import train_sft
 from spatial_tuning.sft_tokenize import IGNORE_INDEX, count_tokens, encode_sample
@@ -152,3 +153,22 @@ def test_vst_vla_sft_runs_on_a_release_parquet_directory(tmp_path):
     assert (tmp_path / "out" / "checkpoint-final" / "config.json").is_file()
     # 18 parquet rows: 13 SFT rows (11 struct + bare bytes + path) and 5 RL rows, all read (one cache per file).
     assert len(list((tmp_path / "counts").glob("*.json"))) == 4
+
+
+def test_vst_vla_rl_runs_on_a_release_rl_parquet_directory(tmp_path):
+    """`vst-vla rl` on a directory holding VST's RL parquet (`id, images, question, answer, meta_info`), with
+    on_bad_sample=error: every row (multi-choice, relaxed, vqa+anls, math, bbox3d) becomes a GRPO prompt."""
+    from vst_vla.cli import run_command
+
+    files = write_release_fixtures(tmp_path / "release")
+    rl_dir = tmp_path / "vst_r"
+    rl_dir.mkdir()
+    (rl_dir / "rl.parquet").write_bytes(files["rl"].read_bytes())
+    summary = run_command("rl", [f"hydra.run.dir={tmp_path / 'run'}", f"data.paths=[{rl_dir}]", "model.device=cpu",
+                                 "data.on_bad_sample=error", "grpo.max_steps=1", "grpo.num_generations=5",
+                                 "grpo.per_device_train_batch_size=5", "grpo.max_completion_length=4",
+                                 "grpo.report_to=[]"])
+    assert summary["steps"] == 1 and (tmp_path / "run" / "checkpoint-final" / "config.json").is_file()
+    # No row was left out of the prompts either (the RL stage skips unscorable or video samples).
+    assert [row["skill"] for row in rl_rows(load_samples(rl_dir, on_bad_sample="error"))] == [
+        f"fixture_{row_id}" for row_id in ("rl_mc", "rl_num", "rl_vqa", "rl_math", "rl_box")]

@@ -18,6 +18,19 @@ import torch
 
 PROMPT_KEY = "prompt"
 RESET_KEY = "reset"
+MAX_ERROR_CHARS = 300  # an error reply or log line never echoes more than this of a request
+
+
+def bounded(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """`text` cut to `limit` characters (with a note of how much was cut): errors and logs stay small."""
+    return text if len(text) <= limit else f"{text[:limit]}... [{len(text) - limit} more characters]"
+
+
+def _name_keys(keys: Sequence[Any], shown: int = 4) -> str:
+    """A few keys (each cut short) and how many there are, never the whole list."""
+    names = [bounded(repr(k), 40) for k in keys[:shown]]
+    more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
+    return f"[{', '.join(names)}]{more}"
 
 
 class ProtocolError(ValueError):
@@ -93,6 +106,16 @@ class ObservationSpec:
                    extra_optional=tuple(data.get("optional", {})))
 
 
+@dataclass(frozen=True)
+class RequestLimits:
+    """Caps checked before any per-key or per-token work, so a request's cost is bounded by the settings."""
+
+    max_keys: int = 16  # top-level keys in one request
+    max_prompt_chars: int = 2000  # checked before tokenising
+    state_low: np.ndarray | None = None  # plausible state range (from the bundle's statistics), inclusive
+    state_high: np.ndarray | None = None
+
+
 @dataclass
 class Observation:
     """One validated request: images uint8 `[H, W, 3]`, state float32 `[D]` or None, prompt, reset flag."""
@@ -114,34 +137,54 @@ def _check_image(key: str, value: Any, size: tuple[int, int]) -> np.ndarray:
     return value
 
 
-def _check_state(key: str, value: Any, dim: int) -> np.ndarray:
+def _check_state(key: str, value: Any, dim: int, limits: RequestLimits) -> np.ndarray:
     if not isinstance(value, np.ndarray):
         raise ProtocolError(f"key {key!r}: expected a float array of shape [{dim}], got {type(value).__name__}")
     if value.dtype.kind != "f":
         raise ProtocolError(f"key {key!r}: wrong dtype {value.dtype}, expected a float dtype (float32)")
     if value.shape != (dim,):
         raise ProtocolError(f"key {key!r}: wrong shape {list(value.shape)}, expected [{dim}]")
-    if not np.isfinite(value).all():
-        raise ProtocolError(f"key {key!r}: contains NaN or infinity")
-    return value.astype(np.float32)
+    # Checked after the cast the model sees: float64 1e300 is finite but becomes inf as float32.
+    with np.errstate(over="ignore", invalid="ignore"):
+        state = value.astype(np.float32)
+    bad = ~np.isfinite(state)
+    if bad.any():
+        raise ProtocolError(f"key {key!r}: element {int(np.argmax(bad))} is NaN or infinite as float32 "
+                            f"(sent {bounded(repr(value[int(np.argmax(bad))]), 40)})")
+    if limits.state_low is not None and limits.state_high is not None:
+        out = (state < limits.state_low) | (state > limits.state_high)
+        if out.any():
+            i = int(np.argmax(out))
+            raise ProtocolError(f"key {key!r}: element {i} = {state[i]:.6g} is outside the plausible range "
+                                f"[{limits.state_low[i]:.6g}, {limits.state_high[i]:.6g}] derived from the "
+                                "training statistics (server.state_range_margin); check the robot's units")
+    return state
 
 
-def validate_observation(obs: Any, spec: ObservationSpec) -> Observation:
+def validate_observation(obs: Any, spec: ObservationSpec, limits: RequestLimits | None = None) -> Observation:
     """Check a decoded request against `spec`; raise `ProtocolError` naming the first problem."""
+    limits = limits or RequestLimits()
     if not isinstance(obs, Mapping):
         raise ProtocolError(f"the request must be a map of observation keys, got {type(obs).__name__}")
     required = spec.required_keys
+    if len(obs) > limits.max_keys:
+        raise ProtocolError(f"the request has {len(obs)} keys, at most {limits.max_keys} are accepted; "
+                            f"expected {required} (optional: {list(spec.extra_optional)})")
     unknown = sorted(set(obs) - spec.allowed_keys, key=str)
     if unknown:
-        raise ProtocolError(f"unknown key(s) {unknown}; expected {required} (optional: {list(spec.extra_optional)})")
+        raise ProtocolError(f"unknown key(s) {_name_keys(unknown)}; expected {required} "
+                            f"(optional: {list(spec.extra_optional)})")
     missing = [key for key in required if key not in obs]
     if missing:
         raise ProtocolError(f"missing key(s) {missing}; expected {required}")
     images = {key: _check_image(key, obs[key], size) for key, size in spec.cameras.items()}
-    state = _check_state(spec.state_key, obs[spec.state_key], spec.state_dim) if spec.state_key else None
+    state = _check_state(spec.state_key, obs[spec.state_key], spec.state_dim, limits) if spec.state_key else None
     prompt = obs[spec.prompt_key]
     if not isinstance(prompt, str) or not prompt.strip():
         raise ProtocolError(f"key {spec.prompt_key!r}: expected a non-empty string, got {prompt!r:.60}")
+    if len(prompt) > limits.max_prompt_chars:
+        raise ProtocolError(f"key {spec.prompt_key!r}: the prompt has {len(prompt)} characters, at most "
+                            f"{limits.max_prompt_chars} are accepted (server.max_prompt_chars)")
     reset = obs.get(RESET_KEY, False)
     if not isinstance(reset, (bool, np.bool_)):
         raise ProtocolError(f"key {RESET_KEY!r}: expected a bool, got {type(reset).__name__}")

@@ -9,6 +9,10 @@ import numpy as np
 from policies.safety import ActionLimits, SafetyFilter, SafetyReport
 
 
+class NonFiniteChunkError(RuntimeError):
+    """The policy produced NaN or infinite actions: the request gets an error, nothing is served."""
+
+
 class PolicySession:
     """Serves `actions_per_reply` actions per request from a queue refilled with the first `n_action_steps`
     actions of a freshly predicted chunk whenever it runs short (LeRobot's `select_action` semantics, kept
@@ -22,6 +26,7 @@ class PolicySession:
         self.safety = SafetyFilter(limits)
         self._queue: deque[np.ndarray] = deque()
         self.requests = 0
+        self.nonfinite_chunks = 0
 
     def reset(self) -> None:
         """Start a new episode: drop queued actions and the rate limiter's previous action."""
@@ -38,7 +43,15 @@ class PolicySession:
             raise ValueError(f"the policy returned a chunk of shape {list(chunk.shape)}, expected "
                              f"[>={self.actions_per_reply}, {self.safety.limits.action_dim}]")
         self._queue.clear()
-        self._queue.extend(np.asarray(chunk[: self.n_action_steps], dtype=np.float32))
+        executed = np.asarray(chunk[: self.n_action_steps], dtype=np.float32)
+        bad = ~np.isfinite(executed)
+        if bad.any():
+            # Never a silent hold of the previous action: for a delta-action arm that keeps it moving.
+            self.nonfinite_chunks += 1
+            raise NonFiniteChunkError(f"the policy produced {int(bad.sum())} non-finite action values (of "
+                                      f"{executed.size}) for this observation; no action is served (check the "
+                                      "observation against the training data)")
+        self._queue.extend(executed)
 
     def take(self) -> tuple[np.ndarray, SafetyReport]:
         """Pop the next `actions_per_reply` actions, made safe: `([k, D] float32, report)`."""

@@ -150,7 +150,7 @@ def _check_state(key: str, value: Any, dim: int, limits: RequestLimits) -> np.nd
     bad = ~np.isfinite(state)
     if bad.any():
         raise ProtocolError(f"key {key!r}: element {int(np.argmax(bad))} is NaN or infinite as float32 "
-                            f"(sent {bounded(repr(value[int(np.argmax(bad))]), 40)})")
+                            f"(sent {bounded(str(value[int(np.argmax(bad))]), 40)})")
     if limits.state_low is not None and limits.state_high is not None:
         out = (state < limits.state_low) | (state > limits.state_high)
         if out.any():

@@ -37,10 +37,8 @@ def guidance_weight(t: float, max_weight: float) -> float:
     """The paper's guidance weight min(beta, (1 - tau) / tau / r_tau^2), r_tau^2 = (1-tau)^2 / (tau^2 + (1-tau)^2),
     with tau = 1 - t (our t = 1 is noise)."""
     tau = 1.0 - t
-    if tau <= 0.0:
+    if tau <= 0.0 or tau >= 1.0:  # the formula diverges at both ends: the cap (LeRobot's nan_to_num too)
         return max_weight
-    if tau >= 1.0:
-        return 0.0
     inv_r2 = (tau**2 + (1 - tau) ** 2) / (1 - tau) ** 2
     return min(max_weight, (1 - tau) / tau * inv_r2)
 

@@ -135,4 +135,5 @@ class FlowMatchingHead(ActionHead):
             def velocity(noisy: Tensor, step: int) -> Tensor:
                 return self.velocity(noisy, conditioning[step:step + 1], kvs, mask)
 
-            return rtc_sample(velocity, x.clone(), target.float().clone(), weights, self.num_steps, max_guidance)
+            return rtc_sample(velocity, x.clone(), target.float().clone(), weights.clone(), self.num_steps,
+                              max_guidance)

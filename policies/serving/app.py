@@ -54,7 +54,8 @@ def build_server(bundle_path: str, cfg: DictConfig | dict[str, Any], device: str
     counter, context_room = prompt_budget(bundle.policy, bundle.spec)
     return PolicyServer(bundle.policy, bundle.spec, bundle.limits, bundle.n_action_steps,
                         server_config(cfg, device), metadata=card, prompt_tokens=counter,
-                        max_context_tokens=context_room, state_range=state_range(bundle.path, bundle.spec))
+                        max_context_tokens=context_room, state_range=state_range(bundle.path, bundle.spec),
+                        execution=bundle.policy.config.execution_metadata())
 
 
 def run(cfg: DictConfig) -> None:

@@ -24,6 +24,7 @@ import websockets
 import websockets.asyncio.server as ws_server
 
 from policies import msgpack_numpy
+from policies.execution.temporal_ensemble import TemporalEnsembler
 from policies.safety import ActionLimits
 from policies.serving.batcher import ChunkBatcher, ChunkPolicy, InferenceTimeout
 from policies.serving.protocol import (
@@ -61,6 +62,7 @@ class ServerConfig:
     state_range_margin: float | None = 10.0  # refuse states beyond min/max -/+ margin x range (None: off)
     max_batch: int = 8
     actions_per_reply: int | None = None  # None: the whole n_action_steps chunk per reply (openpi style)
+    execution_mode: str | None = None  # None: the bundle's; open_loop | temporal_ensemble (one action per reply)
     device: str = "cpu"
 
     def __post_init__(self) -> None:
@@ -99,12 +101,15 @@ class PolicyServer:
     def __init__(self, policy: ChunkPolicy, spec: ObservationSpec, limits: ActionLimits, n_action_steps: int,
                  config: ServerConfig | None = None, metadata: Mapping[str, Any] | None = None,
                  prompt_tokens: Callable[[str], int] | None = None, max_context_tokens: int | None = None,
-                 state_range: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+                 state_range: tuple[np.ndarray, np.ndarray] | None = None,
+                 execution: Mapping[str, Any] | None = None) -> None:
         self.policy, self.spec, self.limits = policy, spec, limits
         self.config = config or ServerConfig()
         self.n_action_steps = int(n_action_steps)
-        self.actions_per_reply = int(self.config.actions_per_reply or self.n_action_steps)
-        PolicySession(limits, self.n_action_steps, self.actions_per_reply)  # fail now on a bad setting
+        self.execution = self._execution(execution)
+        ensembling = self.execution["mode"] == "temporal_ensemble"
+        self.actions_per_reply = 1 if ensembling else int(self.config.actions_per_reply or self.n_action_steps)
+        self._new_session()  # fail now on a bad setting
         self.prompt_tokens = prompt_tokens
         self.max_prompt_tokens = self.config.max_prompt_tokens
         if max_context_tokens is not None and max_context_tokens < self.max_prompt_tokens:
@@ -120,6 +125,26 @@ class PolicyServer:
         self.active_connections = 0
         self._batcher: ChunkBatcher | None = None
 
+    def _execution(self, execution: Mapping[str, Any] | None) -> dict[str, Any]:
+        """The execution settings served to robots: the bundle's, with `server.execution_mode` applied."""
+        merged = {"mode": "open_loop", "n_action_steps": self.n_action_steps, **(execution or {})}
+        if self.config.execution_mode is not None:
+            merged["mode"] = self.config.execution_mode
+        if merged["mode"] not in ("open_loop", "temporal_ensemble", "rtc"):
+            raise ValueError(f"server.execution_mode={merged['mode']!r} is not open_loop, temporal_ensemble or rtc")
+        if merged["mode"] == "rtc":  # guided sampling needs the robot's committed actions: in-process only
+            log.warning("execution mode rtc runs in-process (policies.load_policy); serving open-loop chunks of "
+                        "%d actions: run the robot's async chunk queue on them", self.n_action_steps)
+            merged["served_mode"] = "open_loop"
+        return merged
+
+    def _new_session(self) -> PolicySession:
+        ensembler = None
+        if self.execution["mode"] == "temporal_ensemble":
+            ensembler = TemporalEnsembler(float(self.execution.get("temporal_ensemble_coeff", 0.01)),
+                                          int(self.execution.get("chunk_size", self.n_action_steps)))
+        return PolicySession(self.limits, self.n_action_steps, self.actions_per_reply, ensembler)
+
     def _state_bounds(self, state_range: tuple[np.ndarray, np.ndarray] | None) -> dict[str, np.ndarray]:
         margin = self.config.state_range_margin
         if state_range is None or margin is None:
@@ -133,7 +158,7 @@ class PolicyServer:
         limits = self.request_limits
         return {"protocol": "openpi-websocket-msgpack-numpy", "observation": self.spec.to_dict(),
                 "action_dim": self.limits.action_dim, "n_action_steps": self.n_action_steps,
-                "actions_per_reply": self.actions_per_reply, "action_limits": self.limits.to_dict(),
+                "actions_per_reply": self.actions_per_reply, "execution": self.execution, "action_limits": self.limits.to_dict(),
                 "max_message_bytes": self.config.max_message_bytes, "auth": self.config.api_key is not None,
                 "max_prompt_chars": limits.max_prompt_chars, "max_prompt_tokens": self.max_prompt_tokens,
                 "request_timeout_s": self.config.request_timeout_s,
@@ -220,7 +245,7 @@ class PolicyServer:
             return
         self.active_connections += 1
         self.stats.connections += 1
-        session = PolicySession(self.limits, self.n_action_steps, self.actions_per_reply)
+        session = self._new_session()
         peer = websocket.remote_address
         log.info("connection from %s opened", peer)
         try:

@@ -61,9 +61,21 @@ class LoadedPolicy:
         return self.postprocessor(self.policy.select_action(self.preprocessor(_as_tensors(batch))))
 
     @torch.inference_mode()
-    def predict_action_chunk(self, batch: dict[str, Any]) -> Tensor:
-        """A whole chunk [B, chunk_size, action_dim] in environment units, without touching the queue."""
-        return self.postprocessor(self.policy.predict_action_chunk(self.preprocessor(_as_tensors(batch))))
+    def predict_action_chunk(self, batch: dict[str, Any], rtc_target: Tensor | None = None,
+                             rtc_weights: Tensor | None = None) -> Tensor:
+        """A whole chunk [B, chunk_size, action_dim] in environment units, without touching the queue; with
+        `rtc_target` (environment units) sampled by real-time chunking (`policies.execution.rtc`)."""
+        guidance = {}
+        if rtc_target is not None:
+            guidance = {"rtc_target": self._normalize_actions(torch.as_tensor(rtc_target)), "rtc_weights": rtc_weights}
+        return self.postprocessor(self.policy.predict_action_chunk(self.preprocessor(_as_tensors(batch)), **guidance))
+
+    def _normalize_actions(self, actions: Tensor) -> Tensor:
+        """Environment-unit actions to the policy's normalised space (the post-processor's statistics)."""
+        for step in self.postprocessor.steps:
+            if hasattr(step, "_normalize_action"):  # LeRobot's UnnormalizerProcessorStep
+                return step._normalize_action(actions.float(), inverse=False)
+        return actions.float()
 
 
 def _as_tensors(batch: dict[str, Any]) -> dict[str, Any]:

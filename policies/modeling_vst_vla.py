@@ -110,10 +110,17 @@ class VSTVLAPolicy(PreTrainedPolicy):
         return loss, info
 
     @torch.inference_mode()
-    def predict_action_chunk(self, batch: dict[str, Tensor], noise: Tensor | None = None, **kwargs) -> Tensor:
-        """Normalised actions [B, chunk_size, action_dim] for one batch of observations."""
+    def predict_action_chunk(self, batch: dict[str, Tensor], noise: Tensor | None = None,
+                             rtc_target: Tensor | None = None, rtc_weights: Tensor | None = None, **kwargs) -> Tensor:
+        """Normalised actions [B, chunk_size, action_dim] for one batch of observations; with `rtc_target`
+        (normalised [B, H, A]) and `rtc_weights` ([H] or [B, H]) the flow head samples by real-time chunking."""
         inputs, state = self.prepare_inputs(batch)
-        return self.predict_from_inputs(inputs, state, noise=noise)
+        if rtc_target is None:
+            return self.predict_from_inputs(inputs, state, noise=noise)
+        if self.config.head != "flow":
+            raise ValueError(f"real-time chunking needs the flow head, this policy has {self.config.head!r}")
+        return self.head.predict(self.vlm, inputs, state, noise=noise, rtc_target=rtc_target, rtc_weights=rtc_weights,
+                                 max_guidance=self.config.rtc_max_guidance).float()
 
     @torch.inference_mode()
     def select_action(self, batch: dict[str, Tensor], noise: Tensor | None = None, **kwargs) -> Tensor:

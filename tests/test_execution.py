@@ -174,3 +174,11 @@ def test_rtc_executor_replans_every_horizon_with_the_remaining_actions_as_target
     target, weights = seen[1]
     assert target[0, :, 0].tolist() == [13.0, 14.0, 15.0, 0.0, 0.0, 0.0]
     np.testing.assert_allclose(weights.numpy(), prefix_weights(1, 3, 6).numpy())
+
+
+def test_async_queue_hands_its_queued_actions_in_step_order():
+    queue = AsyncChunkQueue(actions_per_chunk=4, chunk_size_threshold=0.5)
+    assert queue.queued() is None
+    queue.receive(np.array([[0.0], [1.0], [2.0], [3.0]]), observation_timestep=0)
+    queue.pop()
+    assert queue.queued()[:, 0].tolist() == [1.0, 2.0, 3.0]  # what a robot sends as `action_prefix`

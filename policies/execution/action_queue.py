@@ -61,6 +61,11 @@ class AsyncChunkQueue:
     def __len__(self) -> int:
         return len(self._actions)
 
+    def queued(self) -> np.ndarray | None:
+        """The queued actions from this step on, in order (what real-time chunking sends as `action_prefix`)."""
+        steps = sorted(step for step in self._actions if step >= self.timestep)
+        return np.stack([self._actions[step] for step in steps]) if steps else None
+
     def ready_to_request(self) -> bool:
         """Whether to send the current observation now (the queue ran down to the threshold)."""
         return not self.in_flight and len(self) / self.actions_per_chunk <= self.threshold

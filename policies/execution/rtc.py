@@ -46,10 +46,12 @@ def guidance_weight(t: float, max_weight: float) -> float:
 def rtc_sample(velocity: Callable[[Tensor, int], Tensor], noise: Tensor, target: Tensor, weights: Tensor,
                num_steps: int, max_guidance: float = 5.0) -> Tensor:
     """Euler integration from `noise` [B, H, A] (t = 1) to actions (t = 0) with RTC guidance towards
-    `target` [B, H, A] under `weights` [H]; `velocity(x, step)` is the flow network at step's time."""
+    `target` [B, H, A] under `weights` [H] or [B, H] (one mask per row); `velocity(x, step)` is the flow
+    network at step's time."""
     x = noise.detach()
     dt = 1.0 / num_steps
-    w = weights.to(x.device, x.dtype)[None, :, None]
+    w = weights.to(x.device, x.dtype)
+    w = (w[None] if w.ndim == 1 else w)[..., None]
     for step in range(num_steps):
         t = 1.0 - step * dt
         with torch.enable_grad():

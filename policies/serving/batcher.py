@@ -28,6 +28,24 @@ class ChunkPolicy(Protocol):
     def predict_action_chunk(self, batch: dict[str, Any]) -> torch.Tensor: ...
 
 
+def rtc_guidance(observations: list[Observation], chunk_size: int) -> dict[str, torch.Tensor]:
+    """Real-time chunking target and per-row weights for a batch: each row's queued actions (zero-padded) with
+    the paper's mask (1 on its d committed actions, decaying over the rest of its queue); rows without a
+    prefix get zero weights, i.e. plain sampling. Empty when no request carries a prefix."""
+    from policies.execution.rtc import prefix_weights
+
+    if all(o.prefix is None for o in observations):
+        return {}
+    action_dim = next(o.prefix for o in observations if o.prefix is not None).shape[1]
+    target = torch.zeros(len(observations), chunk_size, action_dim)
+    weights = torch.zeros(len(observations), chunk_size)
+    for row, obs in enumerate(observations):
+        if obs.prefix is not None:
+            target[row, : len(obs.prefix)] = torch.from_numpy(obs.prefix)
+            weights[row] = prefix_weights(obs.delay, len(obs.prefix), chunk_size)
+    return {"rtc_target": target, "rtc_weights": weights}
+
+
 class InferenceTimeout(RuntimeError):
     """A request whose chunk was not ready before its deadline (`server.request_timeout_s`)."""
 
@@ -36,9 +54,10 @@ class ChunkBatcher:
     """Collects concurrent requests and runs them as one batch on a single inference thread."""
 
     def __init__(self, policy: ChunkPolicy, spec: ObservationSpec, max_batch: int, device: str,
-                 timeout_s: float | None = None) -> None:
+                 timeout_s: float | None = None, rtc_chunk_size: int | None = None) -> None:
         self.policy, self.spec, self.max_batch, self.device = policy, spec, max_batch, device
         self.timeout_s = timeout_s
+        self.chunk_size = rtc_chunk_size  # set: requests may carry an action prefix (real-time chunking)
         self._queue: asyncio.Queue[tuple[Observation, asyncio.Future]] = asyncio.Queue()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy")
         self.batches = 0
@@ -67,7 +86,8 @@ class ChunkBatcher:
         try:
             batch = to_batch(observations, self.spec, self.device)
             with torch.inference_mode():
-                chunk = self.policy.predict_action_chunk(batch)
+                guidance = rtc_guidance(observations, self.chunk_size) if self.chunk_size else {}
+                chunk = self.policy.predict_action_chunk(batch, **guidance)
             chunk = chunk.detach().float().cpu().numpy()
         finally:
             self.busy_since = None

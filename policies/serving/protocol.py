@@ -18,6 +18,11 @@ import torch
 
 PROMPT_KEY = "prompt"
 RESET_KEY = "reset"
+# Real-time chunking (flow policies served with execution mode rtc): the robot's queued, not yet executed
+# actions (float [k, action_dim], environment units, from the observation's step on) and the steps d the reply
+# will take to arrive (its first d actions are those the robot executes meanwhile).
+PREFIX_KEY = "action_prefix"
+DELAY_KEY = "inference_delay"
 MAX_ERROR_CHARS = 300  # an error reply or log line never echoes more than this of a request
 
 
@@ -114,6 +119,7 @@ class RequestLimits:
     max_prompt_chars: int = 2000  # checked before tokenising
     state_low: np.ndarray | None = None  # plausible state range (from the bundle's statistics), inclusive
     state_high: np.ndarray | None = None
+    rtc_chunk: tuple[int, int] | None = None  # (chunk_size, action_dim) when action_prefix is accepted
 
 
 @dataclass
@@ -124,6 +130,8 @@ class Observation:
     state: np.ndarray | None
     prompt: str
     reset: bool = False
+    prefix: np.ndarray | None = None  # real-time chunking: the robot's queued actions [k, action_dim]
+    delay: int = 0
 
 
 def _check_image(key: str, value: Any, size: tuple[int, int]) -> np.ndarray:
@@ -170,7 +178,8 @@ def validate_observation(obs: Any, spec: ObservationSpec, limits: RequestLimits 
     if len(obs) > limits.max_keys:
         raise ProtocolError(f"the request has {len(obs)} keys, at most {limits.max_keys} are accepted; "
                             f"expected {required} (optional: {list(spec.extra_optional)})")
-    unknown = sorted(set(obs) - spec.allowed_keys, key=str)
+    allowed = spec.allowed_keys | ({PREFIX_KEY, DELAY_KEY} if limits.rtc_chunk else frozenset())
+    unknown = sorted(set(obs) - allowed, key=str)
     if unknown:
         raise ProtocolError(f"unknown key(s) {_name_keys(unknown)}; expected {required} "
                             f"(optional: {list(spec.extra_optional)})")
@@ -188,7 +197,27 @@ def validate_observation(obs: Any, spec: ObservationSpec, limits: RequestLimits 
     reset = obs.get(RESET_KEY, False)
     if not isinstance(reset, (bool, np.bool_)):
         raise ProtocolError(f"key {RESET_KEY!r}: expected a bool, got {type(reset).__name__}")
-    return Observation(images=images, state=state, prompt=prompt, reset=bool(reset))
+    prefix, delay = _check_prefix(obs, limits.rtc_chunk) if PREFIX_KEY in obs else (None, 0)
+    return Observation(images=images, state=state, prompt=prompt, reset=bool(reset), prefix=prefix, delay=delay)
+
+
+def _check_prefix(obs: Mapping, rtc_chunk: tuple[int, int]) -> tuple[np.ndarray, int]:
+    chunk_size, action_dim = rtc_chunk
+    value = obs[PREFIX_KEY]
+    if not isinstance(value, np.ndarray) or value.dtype.kind != "f" or value.ndim != 2 \
+            or not 1 <= value.shape[0] <= chunk_size or value.shape[1] != action_dim:
+        got = list(value.shape) if isinstance(value, np.ndarray) else type(value).__name__
+        raise ProtocolError(f"key {PREFIX_KEY!r}: expected a float array [k, {action_dim}] with 1 <= k <= "
+                            f"{chunk_size} (the robot's queued actions), got {got}")
+    with np.errstate(over="ignore", invalid="ignore"):
+        prefix = value.astype(np.float32)
+    if not np.isfinite(prefix).all():
+        raise ProtocolError(f"key {PREFIX_KEY!r}: contains NaN or infinity as float32")
+    delay = obs.get(DELAY_KEY, 0)
+    if not isinstance(delay, (int, np.integer)) or isinstance(delay, bool) or not 0 <= delay <= prefix.shape[0]:
+        raise ProtocolError(f"key {DELAY_KEY!r}: expected an int in [0, {prefix.shape[0]}] (at most the queued "
+                            f"actions), got {bounded(repr(delay), 40)}")
+    return prefix, int(delay)
 
 
 def to_batch(observations: Sequence[Observation], spec: ObservationSpec,

@@ -56,10 +56,14 @@ def run_async(client, metadata: dict, prompt: str, ticks: int, fps: float, rng: 
     send this tick's observation from a background thread; the threshold keeps `delay + 1` steps of actions
     queued, the delay measured from the latencies seen so far."""
     per_chunk = int(metadata["actions_per_reply"])
-    queue = AsyncChunkQueue(per_chunk, chunk_size_threshold=min(1.0, 2 / per_chunk), aggregate="weighted_average")
-    lock, latencies = threading.Lock(), []
+    execution = metadata.get("execution", {})
+    rtc = execution.get("mode") == "rtc"  # the server guides the next chunk by our queued actions: no blending
+    queue = AsyncChunkQueue(per_chunk, chunk_size_threshold=min(1.0, 2 / per_chunk),
+                            aggregate="latest_only" if rtc else "weighted_average")
+    lock, latencies, delay = threading.Lock(), [], 1
 
     def request(observation: dict, timestep: int) -> None:
+        nonlocal delay
         start = time.perf_counter()
         actions = client.infer(observation)["actions"]
         with lock:
@@ -75,6 +79,10 @@ def run_async(client, metadata: dict, prompt: str, ticks: int, fps: float, rng: 
             if queue.ready_to_request():
                 timestep = queue.mark_requested()
                 observation = random_observation(metadata["observation"], prompt, rng)
+                queued = queue.queued()
+                if rtc and queued is not None:
+                    observation["action_prefix"] = queued[: int(execution["chunk_size"])].astype(np.float32)
+                    observation["inference_delay"] = min(delay, len(observation["action_prefix"]))
                 threading.Thread(target=request, args=(observation, timestep), daemon=True).start()
             executed += queue.pop() is not None  # a robot sends this action to its motors here
         time.sleep(max(0.0, 1.0 / fps - (time.perf_counter() - tick)))

@@ -62,7 +62,7 @@ class ServerConfig:
     state_range_margin: float | None = 10.0  # refuse states beyond min/max -/+ margin x range (None: off)
     max_batch: int = 8
     actions_per_reply: int | None = None  # None: the whole n_action_steps chunk per reply (openpi style)
-    execution_mode: str | None = None  # None: the bundle's; open_loop | temporal_ensemble (one action per reply)
+    execution_mode: str | None = None  # None: the bundle's; open_loop | temporal_ensemble | rtc (flow)
     device: str = "cpu"
 
     def __post_init__(self) -> None:
@@ -116,8 +116,11 @@ class PolicyServer:
             log.warning("server.max_prompt_tokens=%d lowered to %d: the model's context leaves no more room",
                         self.max_prompt_tokens, max_context_tokens)
             self.max_prompt_tokens = max(1, int(max_context_tokens))
+        rtc = self.execution["mode"] == "rtc"
+        self.rtc_chunk_size = int(self.execution.get("chunk_size", self.n_action_steps)) if rtc else None
         self.request_limits = RequestLimits(max_keys=self.config.max_keys,
                                             max_prompt_chars=self.config.max_prompt_chars,
+                                            rtc_chunk=(self.rtc_chunk_size, limits.action_dim) if rtc else None,
                                             **self._state_bounds(state_range))
         self.metadata = {**(metadata or {}), **self._protocol_metadata()}
         self.stats = ServerStats()
@@ -132,10 +135,10 @@ class PolicyServer:
             merged["mode"] = self.config.execution_mode
         if merged["mode"] not in ("open_loop", "temporal_ensemble", "rtc"):
             raise ValueError(f"server.execution_mode={merged['mode']!r} is not open_loop, temporal_ensemble or rtc")
-        if merged["mode"] == "rtc":  # guided sampling needs the robot's committed actions: in-process only
-            log.warning("execution mode rtc runs in-process (policies.load_policy); serving open-loop chunks of "
-                        "%d actions: run the robot's async chunk queue on them", self.n_action_steps)
-            merged["served_mode"] = "open_loop"
+        if merged["mode"] == "rtc":  # requests may carry the robot's queued actions to guide the next chunk
+            merged["request_keys"] = {"action_prefix": "float32 [k, action_dim]: the queued, unexecuted actions",
+                                      "inference_delay": "int d <= k: steps until this reply arrives; the "
+                                                         "reply's first d actions are those queued ones"}
         return merged
 
     def _new_session(self) -> PolicySession:
@@ -220,7 +223,7 @@ class PolicyServer:
         if observation.reset:
             session.reset()
         batch_size = 0  # 0: served from this connection's queue, no policy call
-        if session.needs_chunk():
+        if session.needs_chunk() or observation.prefix is not None:  # a prefix asks for a guided chunk now
             chunk, batch_size = await self._batcher.predict(observation)
             session.push_chunk(chunk)
         actions, report = session.take()
@@ -273,7 +276,7 @@ class PolicyServer:
     async def run(self, ready: threading.Event | None = None, stop: asyncio.Event | None = None) -> None:
         """Serve until `stop` is set (forever when None); sets `self.port` and `ready` once listening."""
         self._batcher = ChunkBatcher(self.policy, self.spec, self.config.max_batch, self.config.device,
-                                     timeout_s=self.config.request_timeout_s)
+                                     timeout_s=self.config.request_timeout_s, rtc_chunk_size=self.rtc_chunk_size)
         worker = asyncio.create_task(self._batcher.run_forever())
         try:
             async with ws_server.serve(self._handler, self.config.host, self.config.port, compression=None,

@@ -43,6 +43,12 @@ class VSTVLAConfig(PreTrainedConfig):
     expert_layers: int = 0  # flow expert depth (0: half the backbone's depth)
     expert_heads: int = 4
 
+    # Execution on the robot (`policies.execution`): open_loop | temporal_ensemble | rtc (flow head only).
+    execution_mode: str = "open_loop"
+    temporal_ensemble_coeff: float = 0.01  # ACT's: weight exp(-coeff * i), i = 0 the oldest prediction
+    inference_delay_steps: int = 0  # rtc: steps a chunk takes to arrive; its first d actions are committed
+    rtc_max_guidance: float = 5.0  # rtc: the paper's beta (guidance weight cap)
+
     # Prompt and inputs.
     prompt_template: str = PROMPT_TEMPLATE
     image_size: int = 84  # every camera is resized to a square of this side (a multiple of 28)
@@ -85,12 +91,33 @@ class VSTVLAConfig(PreTrainedConfig):
             self.chunk_size, self.n_action_steps = 1, 1
         if self.n_action_steps > self.chunk_size:
             raise ValueError(f"policy n_action_steps={self.n_action_steps} exceeds chunk_size={self.chunk_size}")
+        self._check_execution()
         if self.finetune not in FINETUNE_MODES:
             raise ValueError(f"policy finetune={self.finetune!r} is not one of {FINETUNE_MODES}")
         if self.image_size % 28:
             raise ValueError(f"policy image_size={self.image_size} must be a multiple of 28 (Qwen2.5-VL patches)")
         if "{task}" not in self.prompt_template:
             raise ValueError(f"policy prompt_template={self.prompt_template!r} has no {{task}} placeholder")
+
+    def _check_execution(self) -> None:
+        from policies.execution import EXECUTION_MODES
+
+        if self.execution_mode not in EXECUTION_MODES:
+            raise ValueError(f"policy execution_mode={self.execution_mode!r} is not one of {EXECUTION_MODES}")
+        if self.execution_mode == "rtc":
+            if self.head != "flow":
+                raise ValueError(f"policy execution_mode=rtc needs head=flow (got {self.head!r}); use "
+                                 "temporal_ensemble for the regression heads")
+            d, s, h = self.inference_delay_steps, self.n_action_steps, self.chunk_size
+            if not 0 <= d <= s <= h - d:
+                raise ValueError(f"policy execution_mode=rtc needs 0 <= inference_delay_steps ({d}) <= "
+                                 f"n_action_steps ({s}) <= chunk_size ({h}) - inference_delay_steps")
+
+    def execution_metadata(self) -> dict:
+        """How a robot should execute this policy's chunks (served in the connect metadata)."""
+        return {"mode": self.execution_mode, "chunk_size": int(self.chunk_size),
+                "n_action_steps": int(self.n_action_steps), "temporal_ensemble_coeff": self.temporal_ensemble_coeff,
+                "inference_delay_steps": int(self.inference_delay_steps)}
 
     @property
     def head_target(self) -> str:

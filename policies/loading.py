@@ -61,9 +61,21 @@ class LoadedPolicy:
         return self.postprocessor(self.policy.select_action(self.preprocessor(_as_tensors(batch))))
 
     @torch.inference_mode()
-    def predict_action_chunk(self, batch: dict[str, Any]) -> Tensor:
-        """A whole chunk [B, chunk_size, action_dim] in environment units, without touching the queue."""
-        return self.postprocessor(self.policy.predict_action_chunk(self.preprocessor(_as_tensors(batch))))
+    def predict_action_chunk(self, batch: dict[str, Any], rtc_target: Tensor | None = None,
+                             rtc_weights: Tensor | None = None) -> Tensor:
+        """A whole chunk [B, chunk_size, action_dim] in environment units, without touching the queue; with
+        `rtc_target` (environment units) sampled by real-time chunking (`policies.execution.rtc`)."""
+        guidance = {}
+        if rtc_target is not None:
+            guidance = {"rtc_target": self._normalize_actions(torch.as_tensor(rtc_target)), "rtc_weights": rtc_weights}
+        return self.postprocessor(self.policy.predict_action_chunk(self.preprocessor(_as_tensors(batch)), **guidance))
+
+    def _normalize_actions(self, actions: Tensor) -> Tensor:
+        """Environment-unit actions to the policy's normalised space (the post-processor's statistics)."""
+        for step in self.postprocessor.steps:
+            if hasattr(step, "_normalize_action"):  # LeRobot's UnnormalizerProcessorStep
+                return step._normalize_action(actions.float(), inverse=False)
+        return actions.float()
 
 
 def _as_tensors(batch: dict[str, Any]) -> dict[str, Any]:
@@ -96,11 +108,14 @@ def _check_processor_features(config: VSTVLAConfig, preprocessor: PolicyProcesso
 
 
 def load_policy(path: str | Path, device: str = "cpu", n_action_steps: int | None = None,
-                flow_steps: int | None = None, **_: Any) -> LoadedPolicy:
+                flow_steps: int | None = None, execution_mode: str | None = None,
+                inference_delay_steps: int | None = None, temporal_ensemble_coeff: float | None = None,
+                **_: Any) -> LoadedPolicy:
     """Load a policy directory written by `save_policy` (or a `lerobot-train` checkpoint's pretrained_model/).
 
-    `n_action_steps` and `flow_steps` override the saved inference settings (e.g. execute fewer actions per
-    chunk); everything else comes from the directory.
+    `n_action_steps`, `flow_steps` and the execution settings (`execution_mode`, `inference_delay_steps`,
+    `temporal_ensemble_coeff`; see `policies.execution`) override the saved inference settings; everything
+    else comes from the directory.
     """
     path = Path(path)
     if not path.is_dir():
@@ -113,6 +128,12 @@ def load_policy(path: str | Path, device: str = "cpu", n_action_steps: int | Non
         config.n_action_steps = min(int(n_action_steps), config.chunk_size)
     if flow_steps is not None:
         config.flow_steps = int(flow_steps)
+    execution = {"execution_mode": execution_mode, "inference_delay_steps": inference_delay_steps,
+                 "temporal_ensemble_coeff": temporal_ensemble_coeff}
+    for name, value in execution.items():
+        if value is not None:
+            setattr(config, name, type(getattr(config, name))(value))
+    config._check_execution()
     policy = VSTVLAPolicy.from_pretrained(path, config=config)
     device_override = {"device_processor": {"device": device}}
     preprocessor = PolicyProcessorPipeline.from_pretrained(path, config_filename="policy_preprocessor.json",

@@ -84,8 +84,14 @@ class VSTVLAPolicy(PreTrainedPolicy):
         return [p for p in self.parameters() if p.requires_grad]
 
     def reset(self) -> None:
-        """Forget queued actions (call at every episode start)."""
+        """Forget queued actions and the execution mode's history (call at every episode start)."""
+        from policies.execution.rtc import RTCExecutor
+        from policies.execution.temporal_ensemble import TemporalEnsembler
+
         self._action_queue: deque[Tensor] = deque(maxlen=self.config.n_action_steps)
+        self._ensembler = TemporalEnsembler(self.config.temporal_ensemble_coeff, self.config.chunk_size)
+        self._rtc = (RTCExecutor(self.config.chunk_size, self.config.n_action_steps, self.config.inference_delay_steps)
+                     if self.config.execution_mode == "rtc" else None)
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict]:
         """Training loss of the head on one (pre-processed) batch."""
@@ -104,18 +110,38 @@ class VSTVLAPolicy(PreTrainedPolicy):
         return loss, info
 
     @torch.inference_mode()
-    def predict_action_chunk(self, batch: dict[str, Tensor], noise: Tensor | None = None, **kwargs) -> Tensor:
-        """Normalised actions [B, chunk_size, action_dim] for one batch of observations."""
+    def predict_action_chunk(self, batch: dict[str, Tensor], noise: Tensor | None = None,
+                             rtc_target: Tensor | None = None, rtc_weights: Tensor | None = None, **kwargs) -> Tensor:
+        """Normalised actions [B, chunk_size, action_dim] for one batch of observations; with `rtc_target`
+        (normalised [B, H, A]) and `rtc_weights` ([H] or [B, H]) the flow head samples by real-time chunking."""
         inputs, state = self.prepare_inputs(batch)
-        return self.predict_from_inputs(inputs, state, noise=noise)
+        if rtc_target is None:
+            return self.predict_from_inputs(inputs, state, noise=noise)
+        if self.config.head != "flow":
+            raise ValueError(f"real-time chunking needs the flow head, this policy has {self.config.head!r}")
+        return self.head.predict(self.vlm, inputs, state, noise=noise, rtc_target=rtc_target, rtc_weights=rtc_weights,
+                                 max_guidance=self.config.rtc_max_guidance).float()
 
     @torch.inference_mode()
     def select_action(self, batch: dict[str, Tensor], noise: Tensor | None = None, **kwargs) -> Tensor:
-        """One action [B, action_dim]; a new chunk is predicted only when the `n_action_steps` queue is empty."""
+        """One action [B, action_dim] under `config.execution_mode`: open loop predicts a chunk when the
+        `n_action_steps` queue is empty; temporal ensembling predicts every step and averages the predictions
+        for this step; rtc samples the next chunk every `n_action_steps` guided by the previous one."""
+        if self.config.execution_mode == "temporal_ensemble":
+            return self._ensembler.update(self.predict_action_chunk(batch, noise=noise))
+        if self._rtc is not None:
+            return self._rtc.next_action(lambda target, weights: self._sample_rtc(batch, noise, target, weights))
         if not self._action_queue:
             chunk = self.predict_action_chunk(batch, noise=noise)[:, : self.config.n_action_steps]
             self._action_queue.extend(chunk.transpose(0, 1))
         return self._action_queue.popleft()
+
+    def _sample_rtc(self, batch: dict[str, Tensor], noise: Tensor | None, target: Tensor | None,
+                    weights: Tensor | None) -> Tensor:
+        inputs, state = self.prepare_inputs(batch)
+        kwargs = {} if target is None else {"rtc_target": target, "rtc_weights": weights,
+                                            "max_guidance": self.config.rtc_max_guidance}
+        return self.head.predict(self.vlm, inputs, state, noise=noise, **kwargs).float()
 
     # --- the steps, public so benchmarks can time them apart -------------------------------------------------
 

@@ -65,7 +65,7 @@ def _decode(obj: dict) -> Any:
     if ARRAY_TAG in obj:
         return _decode_array(obj)
     if SCALAR_TAG in obj:
-        return _checked_dtype(obj.get(b"dtype")).type(obj.get(b"data"))
+        return _decode_scalar(obj)
     return obj
 
 
@@ -74,15 +74,29 @@ def packb(obj: Any) -> bytes:
     return msgpack.packb(obj, default=_encode, use_bin_type=True)
 
 
-def unpackb(data: bytes) -> Any:
-    """Deserialise msgpack bytes; raises `DecodeError` naming the problem for anything malformed."""
+def _decode_scalar(obj: dict) -> np.generic:
+    dtype = _checked_dtype(obj.get(b"dtype"))
+    try:
+        return dtype.type(obj.get(b"data"))
+    except (OverflowError, ValueError, TypeError) as exc:  # numpy 2: np.uint8(300) raises OverflowError
+        raise DecodeError(f"numpy scalar of dtype {dtype} cannot hold {str(obj.get(b'data'))[:40]}: "
+                          f"{type(exc).__name__}") from exc
+
+
+def unpackb(data: bytes, max_map_len: int = -1) -> Any:
+    """Deserialise msgpack bytes; raises `DecodeError` naming the problem for anything malformed.
+
+    `max_map_len` (-1: msgpack's own bound, the buffer size) refuses a map with more entries while decoding,
+    before any per-key work: a server passes its key cap so a 37,000-key request costs almost nothing."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise DecodeError(f"expected a binary msgpack frame, got {type(data).__name__}")
     try:
-        return msgpack.unpackb(bytes(data), object_hook=_decode, raw=False)
+        return msgpack.unpackb(bytes(data), object_hook=_decode, raw=False, max_map_len=max_map_len)
     except DecodeError:
         raise
-    # msgpack's own errors (bad format, truncated input, extra data, bad utf-8, non-str map keys) are all
-    # ValueErrors; unhashable keys surface as TypeError.
-    except (ValueError, TypeError) as exc:
-        raise DecodeError(f"not valid msgpack: {exc}") from exc
+    # msgpack's own errors (bad format, truncated input, extra data, bad utf-8, non-str map keys, a map over
+    # max_map_len) are all ValueErrors; unhashable keys surface as TypeError.
+    except (ValueError, TypeError, OverflowError) as exc:
+        if "exceeds max_map_len" in str(exc):
+            raise DecodeError(f"a map has {str(exc).split()[0]} entries, at most {max_map_len} are accepted") from exc
+        raise DecodeError(f"not valid msgpack: {str(exc)[:200]}") from exc

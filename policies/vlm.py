@@ -89,19 +89,67 @@ class VLMBackbone(nn.Module):
                                   antialias=True, align_corners=False)
         return image.clamp(0.0, 1.0)
 
+    def _template_parts(self, n_images: int) -> tuple[str, str, str]:
+        """The template split as (text up to its last added token before the task, the task's own text
+        segment around the sentinel, the rest): the tokenizer matches added tokens first and tokenises each
+        stretch between them on its own, so tokenising the three parts apart gives the same ids as the whole."""
+        template = self._template(n_images)
+        head, tail = template.split(_TASK_SENTINEL)
+        added = [token.content for token in self.processor.tokenizer.added_tokens_decoder.values()]
+        cut_head = max((head.rfind(t) + len(t) for t in added if t in head), default=0)
+        cut_tail = min((tail.find(t) for t in added if t in tail), default=len(tail))
+        return head[:cut_head], head[cut_head:] + _TASK_SENTINEL + tail[:cut_tail], tail[cut_tail:]
+
+    def task_token_ids(self, task: str, n_images: int) -> list[int]:
+        """Ids of the prompt's text segment holding `task`, with the task tokenised as plain text: a user's
+        `<|image_pad|>` or `<|im_end|>` becomes ordinary characters, never a special token."""
+        segment = self._template_parts(n_images)[1].replace(_TASK_SENTINEL, task.strip().rstrip("?.").strip())
+        return self.processor.tokenizer(segment, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+
+    def prompt_token_counter(self, n_images: int):
+        """A function counting a task's tokens exactly as `build_inputs` will, on its own copy of the tokenizer
+        (a serving thread may call it while the inference thread tokenises)."""
+        import copy
+
+        tokenizer = copy.deepcopy(self.processor.tokenizer)
+        segment = self._template_parts(n_images)[1]
+
+        def count(task: str) -> int:
+            text = segment.replace(_TASK_SENTINEL, task.strip().rstrip("?.").strip())
+            return len(tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
+
+        return count
+
     def build_inputs(self, cameras: list[Tensor], tasks: list[str], n_query: int = 0) -> PromptInputs:
-        """Tokenise the prompts and patchify the camera images ([B, 3, H, W] each) of one batch."""
-        template = self._template(len(cameras))
-        texts = [template.replace(_TASK_SENTINEL, task.strip().rstrip("?.").strip()) + QUERY_TOKEN * n_query
-                 for task in tasks]
+        """Tokenise the prompts and patchify the camera images ([B, 3, H, W] each) of one batch.
+
+        The processor tokenises the fixed prefix (chat header, image placeholders, proprio token) and the
+        images; the task's segment is tokenised with `split_special_tokens`, so text a user sends can never
+        produce a special id; rows are then left-padded so queries sit at the end of every row."""
+        prefix, _, rest = self._template_parts(len(cameras))
         images = [self.resize(cam).cpu() for cam in cameras]
         per_sample = [[cam[b] for cam in images] for b in range(len(tasks))]
-        out = self.processor(text=texts, images=per_sample, padding=True, padding_side="left", do_rescale=False,
+        out = self.processor(text=[prefix] * len(tasks), images=per_sample, do_rescale=False,
                              return_tensors="pt", return_mm_token_type_ids=True)
+        tokenizer = self.processor.tokenizer
+        rest_ids = tokenizer(rest, add_special_tokens=False)["input_ids"] + [self.query_id] * n_query
+        tails = [self.task_token_ids(task, len(cameras)) + rest_ids for task in tasks]
+        width = max(len(t) for t in tails)
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        pads = [width - len(t) for t in tails]
+        tail_ids = torch.tensor([[pad_id] * n + t for n, t in zip(pads, tails, strict=True)], dtype=torch.long)
+        tail_mask = torch.tensor([[0] * n + [1] * (width - n) for n in pads], dtype=torch.long)
+        # Left padding: each row's pad run moves in front of its prefix.
+        input_ids, attention_mask, mm_types = [], [], []
+        for row, n in enumerate(pads):
+            input_ids.append(torch.cat([tail_ids[row, :n], out["input_ids"][row], tail_ids[row, n:]]))
+            attention_mask.append(torch.cat([tail_mask[row, :n], out["attention_mask"][row], tail_mask[row, n:]]))
+            mm_types.append(torch.cat([torch.zeros(n, dtype=torch.long), out["mm_token_type_ids"][row],
+                                       torch.zeros(width - n, dtype=torch.long)]))
         device = self.device
-        return PromptInputs(out["input_ids"].to(device), out["attention_mask"].to(device),
+        return PromptInputs(torch.stack(input_ids).to(device), torch.stack(attention_mask).to(device),
                             out["pixel_values"].to(device, self.model.dtype), out["image_grid_thw"].to(device),
-                            out["mm_token_type_ids"].to(device))
+                            torch.stack(mm_types).to(out["mm_token_type_ids"].dtype).to(device))
 
     def embed(self, input_ids: Tensor, state: Tensor | None, queries: Tensor | None) -> Tensor:
         """Token embeddings with the proprioception and query placeholders replaced."""

@@ -246,7 +246,8 @@ def test_vst_vla_serve_answers_openpi_client_with_the_bundle_policy(bundle_dir, 
         _wait_healthy(port, server)
         robot_env = {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "VIRTUAL_ENV"}}
         done = subprocess.run([str(ROBOT_PYTHON), str(ROBOT_CLIENT), "--port", str(port), "--api-key",
-                               "robot-token", "--steps", "3", "--out", str(tmp_path / "exchange.json")],
+                               "robot-token", "--steps", "3", "--async-steps", "20", "--fps", "20",
+                               "--out", str(tmp_path / "exchange.json")],
                               cwd=tmp_path, env=robot_env, capture_output=True, text=True, timeout=120, check=False)
         assert done.returncode == 0, done.stderr[-3000:]
     finally:
@@ -269,3 +270,8 @@ def test_vst_vla_serve_answers_openpi_client_with_the_bundle_policy(bundle_dir, 
         assert (np.array(actions["values"]) <= bundle.limits.high).all()
     assert "error: key 'observation.images.front': wrong dtype float32, expected uint8" in exchange["malformed_reply"]
     assert exchange["after_error"]["actions"]["shape"] == [CHUNK, ACTION_DIM]
+    # The metadata tells the robot how to execute chunks; the asynchronous loop ran on it.
+    assert exchange["metadata"]["execution"] == {"mode": "open_loop", "chunk_size": CHUNK, "n_action_steps": CHUNK,
+                                                 "temporal_ensemble_coeff": 0.01, "inference_delay_steps": 0}
+    ran = exchange["async"]
+    assert ran["executed"] + ran["starved_steps"] == 20 and ran["executed"] >= CHUNK and ran["requests"] >= 1

@@ -373,3 +373,22 @@ def test_our_encoding_decodes_in_openpi_client(robot_python, tmp_path):
     done = subprocess.run([str(robot_python), "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["float32", "(2,", "4)", "4.0", "int32", "3", "True"]
+
+
+def test_metadata_tells_the_robot_the_execution_and_temporal_ensembling_is_served_per_request():
+    policy = TinyChunkPolicy()
+    execution = {"mode": "temporal_ensemble", "chunk_size": CHUNK, "n_action_steps": CHUNK,
+                 "temporal_ensemble_coeff": 0.5}
+    server = PolicyServer(policy, SPEC, WIDE, CHUNK, ServerConfig(port=0), execution=execution)
+    with ServerThread(server) as port, connect(f"ws://127.0.0.1:{port}") as ws:
+        metadata = msgpack_numpy.unpackb(ws.recv(timeout=30))
+        first, second = _infer(ws, _obs(1)), _infer(ws, _obs(2))
+        restarted = _infer(ws, _obs(3, reset=True))
+    assert metadata["execution"]["mode"] == "temporal_ensemble" and metadata["actions_per_reply"] == 1
+    c1, c2, c3 = (_expected_chunk(policy, _obs(k)) for k in (1, 2, 3))
+    # Step 2 has two predictions: chunk 1's action 1 (the older, weight 1) and chunk 2's action 0 (e^-0.5).
+    w = np.exp(-0.5)
+    np.testing.assert_allclose(first["actions"], c1[:1], atol=1e-6)
+    np.testing.assert_allclose(second["actions"][0], (c1[1] + w * c2[0]) / (1 + w), atol=1e-5)
+    np.testing.assert_allclose(restarted["actions"][0], c3[0], atol=1e-6)  # reset forgets the history
+    assert second["predicted"] and first["actions"].shape == (1, ACTION_DIM)

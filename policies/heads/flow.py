@@ -105,12 +105,35 @@ class FlowMatchingHead(ActionHead):
         return masked_mean(error, action_is_pad), {}
 
     @torch.inference_mode()
-    def predict(self, vlm: VLMBackbone, inputs: PromptInputs, state: Tensor | None, noise: Tensor | None = None) -> Tensor:
+    def predict(self, vlm: VLMBackbone, inputs: PromptInputs, state: Tensor | None, noise: Tensor | None = None,
+                rtc_target: Tensor | None = None, rtc_weights: Tensor | None = None,
+                max_guidance: float = 5.0) -> Tensor:
+        """A chunk by K Euler steps from noise; with `rtc_target` [B, H, A] and `rtc_weights` [H], sampled by
+        real-time chunking's guided inpainting (`policies.execution.rtc`)."""
         kvs, mask = self._context(vlm, inputs, state)
         batch = inputs.input_ids.shape[0]
         x = noise if noise is not None else torch.randn(batch, self.chunk_size, self.action_dim, device=inputs.input_ids.device)
-        dt = 1.0 / self.num_steps
         conditioning = self._integration_conditioning(x.device)
+        if rtc_target is not None:
+            return self._predict_guided(x, conditioning, kvs, mask, rtc_target, rtc_weights, max_guidance)
+        dt = 1.0 / self.num_steps
         for step in range(self.num_steps):
             x = torch.add(x, self.velocity(x, conditioning[step:step + 1], kvs, mask), alpha=-dt)
         return x
+
+    def _predict_guided(self, x: Tensor, conditioning: Tensor, kvs: list, mask: Tensor | None, target: Tensor,
+                        weights: Tensor, max_guidance: float) -> Tensor:
+        from policies.execution.rtc import rtc_sample
+
+        # Guidance differentiates through the expert: leave inference mode, with ordinary copies of the
+        # context (inference tensors cannot be saved for backward).
+        with torch.inference_mode(False):
+            kvs = [(k.clone(), v.clone()) for k, v in kvs]
+            mask = None if mask is None else mask.clone()
+            conditioning = conditioning.clone()
+
+            def velocity(noisy: Tensor, step: int) -> Tensor:
+                return self.velocity(noisy, conditioning[step:step + 1], kvs, mask)
+
+            return rtc_sample(velocity, x.clone(), target.float().clone(), weights.clone(), self.num_steps,
+                              max_guidance)

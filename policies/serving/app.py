@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -21,6 +23,26 @@ def server_config(cfg: DictConfig | dict[str, Any], device: str = "cpu") -> Serv
     return ServerConfig(**{**values, "device": device})
 
 
+def prompt_budget(loaded: Any, spec: Any) -> tuple[Any, int]:
+    """The policy's prompt token counter and the room its context leaves for the prompt's text segment:
+    `max_position_embeddings` minus everything else one request puts in the sequence (images, template,
+    state and query tokens), measured on one real request."""
+    from policies.export import sample_batch
+
+    vlm, n_query = loaded.policy.vlm, loaded.policy.head.n_query
+    counter = vlm.prompt_token_counter(len(spec.cameras))
+    batch = sample_batch(spec, prompts=("x",))
+    inputs = vlm.build_inputs([batch[key] for key in loaded.config.image_features], ["x"], n_query=n_query)
+    fixed = int(inputs.input_ids.shape[1]) - counter("x")
+    return counter, int(vlm.model.config.text_config.max_position_embeddings) - fixed
+
+
+def state_range(bundle_path: Path, spec: Any) -> tuple[Any, Any] | None:
+    """The training data's state (min, max) from the bundle's `normalization.json`, when it has them."""
+    stats = json.loads((bundle_path / "normalization.json").read_text()).get(spec.state_key or "", {})
+    return (stats["min"], stats["max"]) if "min" in stats and "max" in stats else None
+
+
 def build_server(bundle_path: str, cfg: DictConfig | dict[str, Any], device: str = "cpu",
                  verify: bool = True) -> PolicyServer:
     """A `PolicyServer` for the bundle at `bundle_path` (not yet listening)."""
@@ -29,8 +51,11 @@ def build_server(bundle_path: str, cfg: DictConfig | dict[str, Any], device: str
     bundle = load_bundle(bundle_path, device=device, verify=verify)
     card = {"bundle": bundle.path.name, "policy": bundle.manifest.get("policy", {}),
             "created": bundle.manifest.get("created")}
+    counter, context_room = prompt_budget(bundle.policy, bundle.spec)
     return PolicyServer(bundle.policy, bundle.spec, bundle.limits, bundle.n_action_steps,
-                        server_config(cfg, device), metadata=card)
+                        server_config(cfg, device), metadata=card, prompt_tokens=counter,
+                        max_context_tokens=context_room, state_range=state_range(bundle.path, bundle.spec),
+                        execution=bundle.policy.config.execution_metadata())
 
 
 def run(cfg: DictConfig) -> None:

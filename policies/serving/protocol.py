@@ -18,6 +18,24 @@ import torch
 
 PROMPT_KEY = "prompt"
 RESET_KEY = "reset"
+# Real-time chunking (flow policies served with execution mode rtc): the robot's queued, not yet executed
+# actions (float [k, action_dim], environment units, from the observation's step on) and the steps d the reply
+# will take to arrive (its first d actions are those the robot executes meanwhile).
+PREFIX_KEY = "action_prefix"
+DELAY_KEY = "inference_delay"
+MAX_ERROR_CHARS = 300  # an error reply or log line never echoes more than this of a request
+
+
+def bounded(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """`text` cut to `limit` characters (with a note of how much was cut): errors and logs stay small."""
+    return text if len(text) <= limit else f"{text[:limit]}... [{len(text) - limit} more characters]"
+
+
+def _name_keys(keys: Sequence[Any], shown: int = 4) -> str:
+    """A few keys (each cut short) and how many there are, never the whole list."""
+    names = [bounded(repr(k), 40) for k in keys[:shown]]
+    more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
+    return f"[{', '.join(names)}]{more}"
 
 
 class ProtocolError(ValueError):
@@ -93,6 +111,17 @@ class ObservationSpec:
                    extra_optional=tuple(data.get("optional", {})))
 
 
+@dataclass(frozen=True)
+class RequestLimits:
+    """Caps checked before any per-key or per-token work, so a request's cost is bounded by the settings."""
+
+    max_keys: int = 16  # top-level keys in one request
+    max_prompt_chars: int = 2000  # checked before tokenising
+    state_low: np.ndarray | None = None  # plausible state range (from the bundle's statistics), inclusive
+    state_high: np.ndarray | None = None
+    rtc_chunk: tuple[int, int] | None = None  # (chunk_size, action_dim) when action_prefix is accepted
+
+
 @dataclass
 class Observation:
     """One validated request: images uint8 `[H, W, 3]`, state float32 `[D]` or None, prompt, reset flag."""
@@ -101,6 +130,8 @@ class Observation:
     state: np.ndarray | None
     prompt: str
     reset: bool = False
+    prefix: np.ndarray | None = None  # real-time chunking: the robot's queued actions [k, action_dim]
+    delay: int = 0
 
 
 def _check_image(key: str, value: Any, size: tuple[int, int]) -> np.ndarray:
@@ -114,38 +145,79 @@ def _check_image(key: str, value: Any, size: tuple[int, int]) -> np.ndarray:
     return value
 
 
-def _check_state(key: str, value: Any, dim: int) -> np.ndarray:
+def _check_state(key: str, value: Any, dim: int, limits: RequestLimits) -> np.ndarray:
     if not isinstance(value, np.ndarray):
         raise ProtocolError(f"key {key!r}: expected a float array of shape [{dim}], got {type(value).__name__}")
     if value.dtype.kind != "f":
         raise ProtocolError(f"key {key!r}: wrong dtype {value.dtype}, expected a float dtype (float32)")
     if value.shape != (dim,):
         raise ProtocolError(f"key {key!r}: wrong shape {list(value.shape)}, expected [{dim}]")
-    if not np.isfinite(value).all():
-        raise ProtocolError(f"key {key!r}: contains NaN or infinity")
-    return value.astype(np.float32)
+    # Checked after the cast the model sees: float64 1e300 is finite but becomes inf as float32.
+    with np.errstate(over="ignore", invalid="ignore"):
+        state = value.astype(np.float32)
+    bad = ~np.isfinite(state)
+    if bad.any():
+        raise ProtocolError(f"key {key!r}: element {int(np.argmax(bad))} is NaN or infinite as float32 "
+                            f"(sent {bounded(str(value[int(np.argmax(bad))]), 40)})")
+    if limits.state_low is not None and limits.state_high is not None:
+        out = (state < limits.state_low) | (state > limits.state_high)
+        if out.any():
+            i = int(np.argmax(out))
+            raise ProtocolError(f"key {key!r}: element {i} = {state[i]:.6g} is outside the plausible range "
+                                f"[{limits.state_low[i]:.6g}, {limits.state_high[i]:.6g}] derived from the "
+                                "training statistics (server.state_range_margin); check the robot's units")
+    return state
 
 
-def validate_observation(obs: Any, spec: ObservationSpec) -> Observation:
+def validate_observation(obs: Any, spec: ObservationSpec, limits: RequestLimits | None = None) -> Observation:
     """Check a decoded request against `spec`; raise `ProtocolError` naming the first problem."""
+    limits = limits or RequestLimits()
     if not isinstance(obs, Mapping):
         raise ProtocolError(f"the request must be a map of observation keys, got {type(obs).__name__}")
     required = spec.required_keys
-    unknown = sorted(set(obs) - spec.allowed_keys, key=str)
+    if len(obs) > limits.max_keys:
+        raise ProtocolError(f"the request has {len(obs)} keys, at most {limits.max_keys} are accepted; "
+                            f"expected {required} (optional: {list(spec.extra_optional)})")
+    allowed = spec.allowed_keys | ({PREFIX_KEY, DELAY_KEY} if limits.rtc_chunk else frozenset())
+    unknown = sorted(set(obs) - allowed, key=str)
     if unknown:
-        raise ProtocolError(f"unknown key(s) {unknown}; expected {required} (optional: {list(spec.extra_optional)})")
+        raise ProtocolError(f"unknown key(s) {_name_keys(unknown)}; expected {required} "
+                            f"(optional: {list(spec.extra_optional)})")
     missing = [key for key in required if key not in obs]
     if missing:
         raise ProtocolError(f"missing key(s) {missing}; expected {required}")
     images = {key: _check_image(key, obs[key], size) for key, size in spec.cameras.items()}
-    state = _check_state(spec.state_key, obs[spec.state_key], spec.state_dim) if spec.state_key else None
+    state = _check_state(spec.state_key, obs[spec.state_key], spec.state_dim, limits) if spec.state_key else None
     prompt = obs[spec.prompt_key]
     if not isinstance(prompt, str) or not prompt.strip():
         raise ProtocolError(f"key {spec.prompt_key!r}: expected a non-empty string, got {prompt!r:.60}")
+    if len(prompt) > limits.max_prompt_chars:
+        raise ProtocolError(f"key {spec.prompt_key!r}: the prompt has {len(prompt)} characters, at most "
+                            f"{limits.max_prompt_chars} are accepted (server.max_prompt_chars)")
     reset = obs.get(RESET_KEY, False)
     if not isinstance(reset, (bool, np.bool_)):
         raise ProtocolError(f"key {RESET_KEY!r}: expected a bool, got {type(reset).__name__}")
-    return Observation(images=images, state=state, prompt=prompt, reset=bool(reset))
+    prefix, delay = _check_prefix(obs, limits.rtc_chunk) if PREFIX_KEY in obs else (None, 0)
+    return Observation(images=images, state=state, prompt=prompt, reset=bool(reset), prefix=prefix, delay=delay)
+
+
+def _check_prefix(obs: Mapping, rtc_chunk: tuple[int, int]) -> tuple[np.ndarray, int]:
+    chunk_size, action_dim = rtc_chunk
+    value = obs[PREFIX_KEY]
+    if not isinstance(value, np.ndarray) or value.dtype.kind != "f" or value.ndim != 2 \
+            or not 1 <= value.shape[0] <= chunk_size or value.shape[1] != action_dim:
+        got = list(value.shape) if isinstance(value, np.ndarray) else type(value).__name__
+        raise ProtocolError(f"key {PREFIX_KEY!r}: expected a float array [k, {action_dim}] with 1 <= k <= "
+                            f"{chunk_size} (the robot's queued actions), got {got}")
+    with np.errstate(over="ignore", invalid="ignore"):
+        prefix = value.astype(np.float32)
+    if not np.isfinite(prefix).all():
+        raise ProtocolError(f"key {PREFIX_KEY!r}: contains NaN or infinity as float32")
+    delay = obs.get(DELAY_KEY, 0)
+    if not isinstance(delay, (int, np.integer)) or isinstance(delay, bool) or not 0 <= delay <= prefix.shape[0]:
+        raise ProtocolError(f"key {DELAY_KEY!r}: expected an int in [0, {prefix.shape[0]}] (at most the queued "
+                            f"actions), got {bounded(repr(delay), 40)}")
+    return prefix, int(delay)
 
 
 def to_batch(observations: Sequence[Observation], spec: ObservationSpec,

@@ -112,6 +112,18 @@ def test_two_step_run_saves_a_loadable_checkpoint(compose, tmp_path):
     assert json.loads((tmp_path / "rl_summary.json").read_text())["steps"] == 2
 
 
+def test_budget_is_steps_and_the_time_limit_only_a_reported_stop(compose, tmp_path):
+    # A time limit that fires at once stops after the first step, saves a checkpoint and says so; the same
+    # command without it continues to exactly max_steps: the number of steps does not depend on time.
+    stopped = train_rl(_cfg(compose, "grpo.max_steps=3", "grpo.time_limit_s=1e-9"), rl_samples(4), tmp_path)
+    assert stopped["stopped_by_time_limit_at_step"] == 1 and stopped["global_step"] == 1
+    assert stopped["time_limit_s"] == 1e-9 and (tmp_path / "trainer" / "checkpoint-1" / "_COMPLETE").is_file()
+    finished = train_rl(_cfg(compose, "grpo.max_steps=3"), rl_samples(4), tmp_path)
+    assert finished["resumed_from"].endswith("checkpoint-1") and finished["global_step"] == 3
+    assert finished["stopped_by_time_limit_at_step"] is None and finished["steps"] == 3
+    assert [json.loads(line)["step"] for line in (tmp_path / "rl_log.jsonl").read_text().splitlines()] == [1, 2, 3]
+
+
 def test_kl_on_and_think_prompt_off(compose, tmp_path):
     summary = train_rl(_cfg(compose, "grpo.max_steps=1", "grpo.beta=0.04", "think=false", "grpo.dapo_filter=false"),
                        rl_samples(2), tmp_path)

@@ -233,6 +233,11 @@ def vision_token_ids(model) -> list[int]:
 def grpo_config(cfg: DictConfig, output_dir: Path, suppress_token_ids: Sequence[int] = ()) -> GRPOConfig:
     """Map the `grpo` and `trainer` config groups onto TRL's `GRPOConfig`."""
     g, t = cfg.grpo, cfg.trainer
+    if int(g.num_iterations) > 1 and str(g.save_strategy) == "steps" and int(g.save_steps) % int(g.num_iterations):
+        # TRL reuses one generation for num_iterations steps and a resumed run generates afresh: checkpoints
+        # must fall where an uninterrupted run generates too, or the resumed run diverges.
+        raise ValueError(f"grpo.save_steps={g.save_steps} must be a multiple of grpo.num_iterations="
+                         f"{g.num_iterations} so that a resumed run generates where an uninterrupted one does")
     cpu = str(t.device) == "cpu" or not torch.cuda.is_available()
     weights = OmegaConf.to_container(g.reward_weights)
     use_vllm = vllm_usable(g.use_vllm)

@@ -97,6 +97,9 @@ def test_config_maps_the_paper_settings(compose, tmp_path):
     assert (args.epsilon, args.epsilon_high, args.beta, args.loss_type) == (0.2, 0.28, 0.0, "dapo")
     assert args.reward_weights == [0.5, 0.5] and not args.bf16 and not args.use_vllm and cfg.grpo.dapo_filter
     assert grpo_config(_cfg(compose, "grpo.beta=0.04", "grpo.loss_type=grpo"), tmp_path).beta == 0.04
+    assert (args.save_strategy, args.save_steps, args.save_total_limit) == ("steps", 50, 2)  # resumable by default
+    with pytest.raises(ValueError, match="save_steps=5 must be a multiple of grpo.num_iterations=2"):
+        grpo_config(_cfg(compose, "grpo.num_iterations=2", "grpo.save_steps=5"), tmp_path)
 
 
 def test_two_step_run_saves_a_loadable_checkpoint(compose, tmp_path):

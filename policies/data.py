@@ -1,5 +1,9 @@
 """LeRobot datasets for the policy: features into the config, statistics, chunked loading, augmentation.
 
+Augmentation runs on each training batch (`SeededImageAugmentation`), not in the dataset's `__getitem__`: its
+random draws are a function of (seed, optimizer step, micro-batch, process) alone, so a resumed run augments
+exactly like an uninterrupted one and the global RNG (dropout, flow noise) is left to the Trainer's checkpoints.
+
 Statistics: LeRobot v3 stores per-episode quantiles and averages them across episodes, which is narrower than
 the dataset's own 1st/99th percentiles when episodes differ (the tokens head would then clip real actions).
 `dataset_stats` recomputes the state and action statistics over every frame, exactly.
@@ -12,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from lerobot.configs import FeatureType
 from lerobot.utils.constants import ACTION, OBS_STATE
 
@@ -82,3 +87,29 @@ def make_image_augmentation(image_size: int, crop_scale: float = 0.9, brightness
         v2.RandomResizedCrop(image_size, scale=(crop_scale, 1.0), ratio=(1.0, 1.0), antialias=True),
         v2.ColorJitter(brightness=brightness, contrast=contrast, saturation=saturation, hue=hue),
     ])
+
+
+class SeededImageAugmentation:
+    """Augments every camera image of a training batch, one independent draw per image, with randomness derived
+    from (seed, step, micro_batch, process) only: the same batch position always gets the same augmentation."""
+
+    def __init__(self, transform, camera_keys: list[str] | tuple[str, ...], seed: int):
+        self.transform = transform
+        self.camera_keys = tuple(camera_keys)
+        self.seed = int(seed)
+
+    def draw_seed(self, step: int, micro_batch: int = 0, process: int = 0) -> int:
+        """The seed of the draws for one micro-batch: a hash of its position in the run."""
+        sequence = np.random.SeedSequence([self.seed, int(step), int(micro_batch), int(process)])
+        return int(sequence.generate_state(1, dtype=np.uint64)[0] >> 1)
+
+    def __call__(self, batch: dict[str, Any], step: int, micro_batch: int = 0, process: int = 0) -> dict[str, Any]:
+        batch = dict(batch)
+        # torchvision draws its parameters from torch's global CPU generator: fork it so the model's own
+        # randomness is unaffected, and seed it from the batch's position.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.draw_seed(step, micro_batch, process))
+            for key in self.camera_keys:
+                if key in batch:
+                    batch[key] = torch.stack([self.transform(image) for image in batch[key]])
+        return batch

@@ -1,9 +1,11 @@
 """`vst-vla vla`: train a VST-VLA policy on a LeRobot dataset with transformers' `Trainer`.
 
-The dataset is read with `delta_timestamps` action chunks of the head's `chunk_size`; images are augmented
-(random resized crop, colour jitter); the backbone is fully fine-tuned, LoRA-adapted or frozen (vision encoder
-frozen by default). Checkpoints are policy directories under `<out>/checkpoints/checkpoint-N/` (resume with
-`train.resume=true` or a checkpoint path); the final policy is written atomically to `<out>/policy/`.
+The dataset is read with `delta_timestamps` action chunks of the head's `chunk_size`; images are augmented per
+batch (random resized crop, colour jitter) with draws seeded by the batch's position in the run; the backbone is
+fully fine-tuned, LoRA-adapted or frozen (vision encoder frozen by default). Checkpoints are policy directories
+under `<out>/checkpoints/checkpoint-N/`; by default (`train.resume=auto`) rerunning the same command continues
+from the latest complete one and ends with the weights of an uninterrupted run (vst_vla/checkpoints.py). The
+final policy is written atomically to `<out>/policy/`, the run's first and last loss to `train_metrics.json`.
 """
 
 from __future__ import annotations
@@ -16,23 +18,41 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_model
 from torch.utils.data import default_collate
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainingArguments
 
 from policies.configuration_vst_vla import VSTVLAConfig
-from policies.data import dataset_stats, make_image_augmentation, open_dataset, set_features
+from policies.data import (
+    SeededImageAugmentation,
+    dataset_stats,
+    make_image_augmentation,
+    open_dataset,
+    set_features,
+)
 from policies.loading import LoadedPolicy, load_policy, new_policy, save_policy
-from vst_vla.atomic import is_complete, mark_complete, write_json
+from vst_vla.atomic import write_json
+from vst_vla.checkpoints import MarkCheckpointComplete, remove_incomplete_checkpoints, resolve_resume
 from vst_vla.hydra_run import resolve_out, setup_torch
 
 log = logging.getLogger(__name__)
 
 
 class PolicyTrainer(Trainer):
-    """`Trainer` for a LeRobot policy: the pre-processor runs on each batch, checkpoints are policy dirs."""
+    """`Trainer` for a LeRobot policy: batches are augmented then pre-processed, checkpoints are policy dirs."""
 
-    def __init__(self, *args, loaded: LoadedPolicy, **kwargs):
+    def __init__(self, *args, loaded: LoadedPolicy, augmentation: SeededImageAugmentation | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.loaded = loaded
+        self.augmentation = augmentation
+        self._micro_batch_at = (-1, 0)  # (optimizer step, micro-batch index within it)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        if self.augmentation is not None:
+            step, micro = self._micro_batch_at
+            micro = micro + 1 if step == self.state.global_step else 0
+            self._micro_batch_at = (self.state.global_step, micro)
+            inputs = self.augmentation(inputs, step=self.state.global_step, micro_batch=micro,
+                                       process=self.args.process_index)
+        return super().training_step(model, inputs, num_items_in_batch)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, info = model(self.loaded.preprocessor(inputs))
@@ -41,24 +61,8 @@ class PolicyTrainer(Trainer):
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         self.loaded.save_pretrained(Path(output_dir or self.args.output_dir))
 
-    def _save_checkpoint(self, model, trial) -> None:
-        super()._save_checkpoint(model, trial)
-        # Trainer writes checkpoints in place; the marker, written last, is what makes one resumable.
-        mark_complete(Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}")
-
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         load_model(model or self.model, str(Path(resume_from_checkpoint) / "model.safetensors"), strict=True)
-
-
-class LossHistory(TrainerCallback):
-    """Keeps the logged losses so the run can report its first and last loss."""
-
-    def __init__(self) -> None:
-        self.losses: list[float] = []
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs and "loss" in logs:
-            self.losses.append(float(logs["loss"]))
 
 
 def policy_config(cfg: DictConfig) -> VSTVLAConfig:
@@ -75,7 +79,7 @@ def policy_config(cfg: DictConfig) -> VSTVLAConfig:
 
 
 def build_policy(cfg: DictConfig, dataset_root: Path) -> tuple[LoadedPolicy, Any]:
-    """A new policy (or `init_policy` to fine-tune) and the chunked, augmented training dataset."""
+    """A new policy (or `init_policy` to fine-tune) and the chunked training dataset."""
     from vst_vla.backbone import load_backbone
 
     if cfg.init_policy:
@@ -84,12 +88,19 @@ def build_policy(cfg: DictConfig, dataset_root: Path) -> tuple[LoadedPolicy, Any
     else:
         config = set_features(policy_config(cfg), open_dataset(dataset_root).meta.features)
         loaded = None
-    augment = make_image_augmentation(config.image_size, **cfg.augment.params) if cfg.augment.enabled else None
-    dataset = open_dataset(dataset_root, config, image_transforms=augment)
+    dataset = open_dataset(dataset_root, config)
     if loaded is None:
         model_cfg = {**OmegaConf.to_container(cfg.model, resolve=True), "device": "cpu"}
         loaded = new_policy(config, dataset_stats(dataset), backbone=load_backbone(model_cfg))
     return loaded, dataset
+
+
+def training_augmentation(cfg: DictConfig, config: VSTVLAConfig) -> SeededImageAugmentation | None:
+    """The per-batch image augmentation of `cfg.augment` (None when disabled), seeded by `train.seed`."""
+    if not cfg.augment.enabled:
+        return None
+    transform = make_image_augmentation(config.image_size, **cfg.augment.params)
+    return SeededImageAugmentation(transform, list(config.image_features), seed=int(cfg.train.seed))
 
 
 def training_arguments(cfg: DictConfig, out: Path) -> TrainingArguments:
@@ -104,18 +115,9 @@ def training_arguments(cfg: DictConfig, out: Path) -> TrainingArguments:
         remove_unused_columns=False, report_to=list(t.report_to), disable_tqdm=False)
 
 
-def resume_checkpoint(cfg: DictConfig, out: Path) -> str | bool | None:
-    """`train.resume`: false, true (the latest complete checkpoint under <out>/checkpoints) or a path."""
-    resume = cfg.train.resume
-    if resume in (None, False):
-        return None
-    if resume is True:
-        found = sorted((p for p in (out / "checkpoints").glob("checkpoint-*") if is_complete(p)),
-                       key=lambda p: int(p.name.split("-")[-1]))
-        if not found:
-            raise FileNotFoundError(f"train.resume=true but {out}/checkpoints has no complete checkpoint-*")
-        return str(found[-1])
-    return str(resume)
+def resume_checkpoint(cfg: DictConfig, out: Path) -> str | None:
+    """The checkpoint `train.resume` (auto | true | false | path) continues from under `<out>/checkpoints`."""
+    return resolve_resume(cfg.train.resume, out / "checkpoints", final_artifact=out / "policy", key="train.resume")
 
 
 def run(cfg: DictConfig) -> Path:
@@ -124,18 +126,22 @@ def run(cfg: DictConfig) -> Path:
     out = resolve_out(cfg, "output_dir")
     if cfg.dataset_root in (None, "???"):
         raise ValueError("dataset_root is not set: pass dataset_root=/path/to/a/lerobot/dataset")
+    resume = resume_checkpoint(cfg, out)  # before loading anything: a setting that cannot work fails at once
+    remove_incomplete_checkpoints(out / "checkpoints")
     torch.manual_seed(int(cfg.train.seed))
     loaded, dataset = build_policy(cfg, Path(cfg.dataset_root))
-    log.info("training vst_vla head=%s on %s (%d frames, %d episodes)", loaded.config.head, cfg.dataset_root,
-             dataset.num_frames, dataset.num_episodes)
-    history = LossHistory()
+    log.info("training vst_vla head=%s on %s (%d frames, %d episodes)%s", loaded.config.head, cfg.dataset_root,
+             dataset.num_frames, dataset.num_episodes, f", resuming from {resume}" if resume else "")
     trainer = PolicyTrainer(model=loaded.policy, args=training_arguments(cfg, out), train_dataset=dataset,
-                            data_collator=default_collate, callbacks=[history], loaded=loaded)
-    trainer.train(resume_from_checkpoint=resume_checkpoint(cfg, out))
+                            data_collator=default_collate, callbacks=[MarkCheckpointComplete()], loaded=loaded,
+                            augmentation=training_augmentation(cfg, loaded.config))
+    trainer.train(resume_from_checkpoint=resume)
     loaded.policy.eval()
     policy_dir = save_policy(loaded.policy, loaded.preprocessor, loaded.postprocessor, out / "policy")
+    # The log history comes back with a resumed checkpoint, so these are the whole run's first and last loss.
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     write_json(out / "train_metrics.json", {"head": loaded.config.head, "steps": trainer.state.global_step,
-                                            "first_loss": history.losses[0] if history.losses else None,
-                                            "last_loss": history.losses[-1] if history.losses else None,
-                                            "policy_dir": str(policy_dir)})
+                                            "first_loss": losses[0] if losses else None,
+                                            "last_loss": losses[-1] if losses else None,
+                                            "resumed_from": resume, "policy_dir": str(policy_dir)})
     return policy_dir

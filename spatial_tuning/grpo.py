@@ -9,9 +9,15 @@ right after scoring and removes those groups from the loss (zero advantage, zero
 normaliser recomputed over the kept tokens), so they neither push the policy nor dilute the update. Dropped
 groups are not re-sampled; the kept fraction is logged as `dapo/kept_group_frac`.
 
+The budget is `grpo.max_steps`; `grpo.time_limit_s` is only a safety stop, logged and recorded in the summary
+when it fires. Trainer checkpoints go to `<output_dir>/trainer/checkpoint-N/` every `grpo.save_steps`; by default
+(`resume=auto`) rerunning the same command continues from the latest complete one with the optimizer, scheduler,
+RNG states and the prompt order of an uninterrupted run (vst_vla/checkpoints.py). The DAPO filter keeps no state
+across steps (each step's groups are judged on their own), so there is none to restore.
+
 Artifact: `<output_dir>/checkpoint-final/` (written atomically, loads with `vst_vla.backbone.load_backbone`),
-`<output_dir>/rl_log.jsonl` (one line per logged step) and `<output_dir>/rl_summary.json` (mean reward over
-the first and last 20 % of steps).
+`<output_dir>/rl_log.jsonl` (one line per logged step, rebuilt from the checkpoint's log history on resume) and
+`<output_dir>/rl_summary.json` (mean reward over the first and last 20 % of steps).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
+from trl.trainer.utils import RepeatSampler
 
 from spatial_tuning.eval_spatial import left_padding
 from spatial_tuning.prompts import uses_think_prompt
@@ -40,8 +47,10 @@ from spatial_tuning.rewards import (
     parse_meta_info,
 )
 from spatial_tuning.sample import SpatialSample
-from vst_vla.atomic import atomic_directory, write_json
+from spatial_tuning.sft_trainer import BackboneCheckpointLoading
+from vst_vla.atomic import atomic_directory, write_json, write_text
 from vst_vla.backbone import load_backbone, save_backbone
+from vst_vla.checkpoints import MarkCheckpointComplete, remove_incomplete_checkpoints, resolve_resume
 
 log = logging.getLogger(__name__)
 
@@ -120,14 +129,33 @@ def make_reward_funcs(require_think: bool = True) -> list[Callable[..., list[flo
 # --- trainer ---------------------------------------------------------------------------------------------
 
 
-class DapoGRPOTrainer(GRPOTrainer):
-    """`GRPOTrainer` with DAPO online filtering: groups whose accuracy rewards are all equal leave the loss."""
+class EpochSeededRepeatSampler(RepeatSampler):
+    """TRL's `RepeatSampler` whose shuffle is a function of (seed, epoch) alone.
+
+    TRL seeds one generator once and advances it every epoch, so a run resumed in epoch e would start the
+    generator afresh and replay epoch 0's prompt order; the Trainer calls `set_epoch` before every epoch."""
+
+    def set_epoch(self, epoch: int) -> None:
+        if self.shuffle:
+            self.generator.manual_seed(int(self.seed or 0) + int(epoch))
+
+
+class DapoGRPOTrainer(BackboneCheckpointLoading, GRPOTrainer):
+    """`GRPOTrainer` with DAPO online filtering (groups whose accuracy rewards are all equal leave the loss)
+    and exact resume (weights reloaded under their saved names, the prompt order by epoch)."""
 
     def __init__(self, *args, dapo_filter: bool = True, accuracy_index: int = 0, **kwargs):
         super().__init__(*args, **kwargs)
         self.dapo_filter = dapo_filter
         self.accuracy_index = accuracy_index
         self._dapo_keep: torch.Tensor | None = None
+
+    def _get_train_sampler(self, dataset=None) -> RepeatSampler:
+        sampler = super()._get_train_sampler(dataset)
+        return EpochSeededRepeatSampler(
+            data_source=sampler.data_source, mini_repeat_count=sampler.mini_repeat_count,
+            batch_size=sampler.batch_size, repeat_count=sampler.repeat_count, shuffle=sampler.shuffle,
+            seed=sampler.seed)
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
@@ -153,37 +181,56 @@ class DapoGRPOTrainer(GRPOTrainer):
         return output
 
 
+def _log_row(step: int, logs: dict[str, Any]) -> dict[str, Any]:
+    return {"step": step, **{k: v for k, v in logs.items() if k != "step" and isinstance(v, (int, float))}}
+
+
 class JsonlLogCallback(TrainerCallback):
-    """Appends every training log (reward, its components, completion length, loss) to a JSONL file."""
+    """Appends every training log (reward, its components, completion length, loss) to a JSONL file.
+
+    At the start of training the file is rewritten from the Trainer's log history: empty on a fresh start, the
+    resumed checkpoint's steps on a resume (dropping what a killed run logged after its last checkpoint)."""
 
     def __init__(self, path: Path):
         self.path = path
         self.rows: list[dict[str, Any]] = []
 
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.rows = [_log_row(entry["step"], entry) for entry in state.log_history if "reward" in entry]
+        if state.is_world_process_zero:
+            write_text(self.path, "".join(json.dumps(row) + "\n" for row in self.rows))
+
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs or "reward" not in logs:
             return
-        row = {"step": state.global_step, **{k: v for k, v in logs.items() if isinstance(v, (int, float))}}
+        row = _log_row(state.global_step, logs)
         self.rows.append(row)
-        with self.path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        if state.is_world_process_zero:
+            with self.path.open("a") as f:
+                f.write(json.dumps(row) + "\n")
 
 
-class MaxTimeCallback(TrainerCallback):
-    """Stops training after `max_time_s` seconds of wall clock (the pipeline's time budget)."""
+class TimeLimitCallback(TrainerCallback):
+    """An optional safety stop (not the budget: that is `max_steps`): after `limit_s` seconds of this process's
+    training it saves a checkpoint, stops, logs a warning and records where it stopped (`fired_at_step`)."""
 
-    def __init__(self, max_time_s: float | None):
-        self.max_time_s = max_time_s
+    def __init__(self, limit_s: float | None):
+        self.limit_s = float(limit_s) if limit_s else None
         self.start = time.monotonic()
+        self.fired_at_step: int | None = None
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.start = time.monotonic()
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.max_time_s and time.monotonic() - self.start > self.max_time_s:
-            log.info("rl: stopping after %.0f s (max_time_s=%s) at step %d", time.monotonic() - self.start,
-                     self.max_time_s, state.global_step)
-            control.should_training_stop = True
+        if self.limit_s is None or control.should_training_stop or time.monotonic() - self.start <= self.limit_s:
+            return
+        self.fired_at_step = state.global_step
+        log.warning("rl: time limit hit: stopping after %.0f s (grpo.time_limit_s=%s) at step %d of %d; "
+                    "rerun the same command to continue", time.monotonic() - self.start, self.limit_s,
+                    state.global_step, state.max_steps)
+        control.should_training_stop = True
+        control.should_save = args.save_strategy != "no"
 
 
 def vllm_usable(requested: Any) -> bool:
@@ -203,6 +250,11 @@ def vision_token_ids(model) -> list[int]:
 def grpo_config(cfg: DictConfig, output_dir: Path, suppress_token_ids: Sequence[int] = ()) -> GRPOConfig:
     """Map the `grpo` and `trainer` config groups onto TRL's `GRPOConfig`."""
     g, t = cfg.grpo, cfg.trainer
+    if int(g.num_iterations) > 1 and str(g.save_strategy) == "steps" and int(g.save_steps) % int(g.num_iterations):
+        # TRL reuses one generation for num_iterations steps and a resumed run generates afresh: checkpoints
+        # must fall where an uninterrupted run generates too, or the resumed run diverges.
+        raise ValueError(f"grpo.save_steps={g.save_steps} must be a multiple of grpo.num_iterations="
+                         f"{g.num_iterations} so that a resumed run generates where an uninterrupted one does")
     cpu = str(t.device) == "cpu" or not torch.cuda.is_available()
     weights = OmegaConf.to_container(g.reward_weights)
     use_vllm = vllm_usable(g.use_vllm)
@@ -224,36 +276,47 @@ def grpo_config(cfg: DictConfig, output_dir: Path, suppress_token_ids: Sequence[
         bf16=bool(t.bf16) and not cpu, fp16=bool(t.fp16) and not cpu, use_cpu=cpu,
         gradient_checkpointing=bool(t.gradient_checkpointing) and not cpu,
         dataloader_num_workers=int(t.dataloader_num_workers), logging_steps=1,
-        save_strategy=str(g.save_strategy), save_steps=int(g.save_steps), report_to=list(g.report_to),
+        save_strategy=str(g.save_strategy), save_steps=int(g.save_steps), save_total_limit=g.save_total_limit,
+        report_to=list(g.report_to),
         seed=int(cfg.seed), log_completions=False, disable_tqdm=False,
     )
 
 
 def train_rl(cfg: DictConfig, samples: Sequence[SpatialSample], output_dir: Path) -> dict[str, Any]:
-    """Run GRPO from `cfg.model` on `samples`; save `<output_dir>/checkpoint-final/`; return the summary."""
+    """Run GRPO from `cfg.model` on `samples` (resuming per `cfg.resume`); save `<output_dir>/checkpoint-final/`;
+    return the summary."""
     output_dir.mkdir(parents=True, exist_ok=True)
+    resume = resume_point(cfg, output_dir)
+    remove_incomplete_checkpoints(output_dir / "trainer")
     model, processor = load_backbone(cfg.model)
     think = cfg.think  # None: per sample (type contains "thought")
     dataset = rl_dataset(samples, think=think, prompt_format=str(OmegaConf.select(cfg, "prompt.format",
                                                                                   default="vlm3d_reasoner")))
-    log.info("rl: %d training prompts, %d generations each", len(dataset), cfg.grpo.num_generations)
-    log_callback = JsonlLogCallback(output_dir / "rl_log.jsonl")
-    (output_dir / "rl_log.jsonl").unlink(missing_ok=True)
+    log.info("rl: %d training prompts, %d generations each, %d steps", len(dataset), cfg.grpo.num_generations,
+             cfg.grpo.max_steps)
+    log_callback, time_limit = JsonlLogCallback(output_dir / "rl_log.jsonl"), TimeLimitCallback(cfg.grpo.time_limit_s)
     with left_padding(processor):
         trainer = DapoGRPOTrainer(
             model=model, processing_class=processor, args=grpo_config(cfg, output_dir, vision_token_ids(model)),
             train_dataset=dataset, reward_funcs=make_reward_funcs(require_think=think is not False),
-            callbacks=[log_callback, MaxTimeCallback(cfg.grpo.max_time_s)], dapo_filter=bool(cfg.grpo.dapo_filter),
+            callbacks=[MarkCheckpointComplete(), log_callback, time_limit], dapo_filter=bool(cfg.grpo.dapo_filter),
         )
-        trainer.train()
+        trainer.train(resume_from_checkpoint=resume)
     with atomic_directory(output_dir / "checkpoint-final", overwrite=True) as tmp:
         save_backbone(trainer.model, processor, tmp)
     summary = reward_trend(log_callback.rows)
-    summary["checkpoint"] = str(output_dir / "checkpoint-final")
+    summary.update(checkpoint=str(output_dir / "checkpoint-final"), global_step=trainer.state.global_step,
+                   max_steps=int(cfg.grpo.max_steps), resumed_from=resume,
+                   time_limit_s=time_limit.limit_s, stopped_by_time_limit_at_step=time_limit.fired_at_step)
     write_json(output_dir / "rl_summary.json", summary)
     log.info("rl: mean reward first 20%% of steps %.3f -> last 20%% %.3f over %d steps; saved %s",
              summary["reward_first_20pct"], summary["reward_last_20pct"], summary["steps"], summary["checkpoint"])
     return summary
+
+
+def resume_point(cfg: DictConfig, output_dir: Path) -> str | None:
+    """The checkpoint `cfg.resume` (auto | true | false | path) resumes from under `<output_dir>/trainer`."""
+    return resolve_resume(cfg.resume, output_dir / "trainer", final_artifact=output_dir / "checkpoint-final")
 
 
 def reward_trend(rows: Sequence[dict[str, Any]], fraction: float = 0.2) -> dict[str, Any]:
@@ -290,4 +353,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     from vst_vla.hydra_run import resolve_out, setup_torch
 
     setup_torch(cfg)
-    return train_rl(cfg, load_rl_samples(cfg), resolve_out(cfg, "output_dir"))
+    output_dir = resolve_out(cfg, "output_dir")
+    resume_point(cfg, output_dir)  # a resume setting that cannot work fails before reading data or loading
+    return train_rl(cfg, load_rl_samples(cfg), output_dir)

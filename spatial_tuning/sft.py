@@ -3,12 +3,14 @@
 Reads `data.train` / `data.eval` (parquet files or directories) through the spatial data reader, trains with
 packing (or padded batches with `packing=false`), evaluates the held-out loss before and after, and writes
 `<output_dir>/checkpoint-final/`: a Hugging Face directory (model + processor) that `load_backbone` loads.
-Intermediate Trainer checkpoints are `<output_dir>/checkpoint-N/`; `resume=true` continues from the latest.
+Intermediate Trainer checkpoints are `<output_dir>/checkpoint-N/` (every `save_steps`); by default (`resume=auto`)
+a rerun of the same command continues from the latest complete one (see vst_vla/checkpoints.py).
 The same command runs under `torchrun` / `accelerate launch` for DDP or FSDP (configs/accelerate/).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import random
@@ -24,11 +26,13 @@ from spatial_tuning.sft_tokenize import cached_token_counts, describe_labels, en
 from spatial_tuning.sft_trainer import SpatialSFTTrainer, apply_freezing, apply_lora, merged_model
 from vst_vla.atomic import atomic_directory, write_json
 from vst_vla.backbone import save_backbone
+from vst_vla.checkpoints import MarkCheckpointComplete, remove_incomplete_checkpoints, resolve_resume
 from vst_vla.hydra_run import resolve_out, setup_torch
 
 log = logging.getLogger(__name__)
 
 FINAL_CHECKPOINT = "checkpoint-final"
+EVAL_START_FILE = "eval_loss_start.json"
 
 
 def load_split(paths: Sequence[str], processor, on_bad_sample: str = "error", limit: int | None = None,
@@ -122,7 +126,7 @@ def build_trainer(cfg: DictConfig, model, processor, train: SFTDataset, evaluati
     vision_lr = cfg.optim.vision_learning_rate
     return SpatialSFTTrainer(model=model, args=training_arguments(cfg, out_dir), train_dataset=train,
                              eval_dataset=evaluation, data_collator=collator, processing_class=processor,
-                             callbacks=callbacks, vision_learning_rate=float(vision_lr) if vision_lr else None)
+                             callbacks=[MarkCheckpointComplete(), *(callbacks or [])], vision_learning_rate=float(vision_lr) if vision_lr else None)
 
 
 def save_final(trainer: SpatialSFTTrainer, processor, out_dir: Path) -> Path:
@@ -154,11 +158,14 @@ def train_sft(cfg: DictConfig, model, processor, train_samples: Sequence[Spatial
     evaluation = build_dataset(eval_samples, eval_counts, processor, packing, budget) if eval_samples else None
     log.info("supervised example (%s): %r", train_samples[0].id,
              describe_labels(encode_sample(train_samples[0], processor), processor))
+    resume = resume_point(cfg, out_dir)
+    remove_incomplete_checkpoints(out_dir)
     trainer = build_trainer(cfg, model, processor, train, evaluation, out_dir, callbacks)
-    resume = _resume_point(cfg, out_dir)
     metrics: dict[str, Any] = {"output_dir": str(out_dir), "packing": packing, "resumed_from": resume}
-    if evaluation is not None and not resume:
-        metrics["eval_loss_start"] = trainer.evaluate()["eval_loss"]
+    if evaluation is not None:
+        start = _eval_loss_start(trainer, out_dir, resume)
+        if start is not None:
+            metrics["eval_loss_start"] = start
     result = trainer.train(resume_from_checkpoint=resume)
     metrics.update({k: v for k, v in result.metrics.items() if isinstance(v, (int, float))})
     metrics["train_tokens"] = int(trainer.state.num_input_tokens_seen)
@@ -173,17 +180,21 @@ def train_sft(cfg: DictConfig, model, processor, train_samples: Sequence[Spatial
     return metrics
 
 
-def _resume_point(cfg: DictConfig, out_dir: Path) -> str | bool | None:
-    if not cfg.resume:
-        return None
-    if isinstance(cfg.resume, str):
-        return cfg.resume
-    from transformers.trainer_utils import get_last_checkpoint
+def _eval_loss_start(trainer: SpatialSFTTrainer, out_dir: Path, resume: str | None) -> float | None:
+    """The held-out loss before training: measured on a fresh start and kept beside the checkpoints, so a
+    resumed run reports the run's true starting loss."""
+    record = out_dir / EVAL_START_FILE
+    if resume:
+        return json.loads(record.read_text())["eval_loss_start"] if record.is_file() else None
+    loss = trainer.evaluate()["eval_loss"]
+    if trainer.is_world_process_zero():
+        write_json(record, {"eval_loss_start": loss})
+    return loss
 
-    last = get_last_checkpoint(str(out_dir))
-    if last is None:
-        log.warning("resume=true but %s holds no checkpoint-N: starting from scratch", out_dir)
-    return last
+
+def resume_point(cfg: DictConfig, out_dir: Path) -> str | None:
+    """The checkpoint `cfg.resume` (auto | true | false | path) resumes from under `out_dir`, or None."""
+    return resolve_resume(cfg.resume, out_dir, final_artifact=out_dir / FINAL_CHECKPOINT, key="resume")
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -196,6 +207,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     set_seed(int(cfg.seed))
     if not cfg.data.train:
         raise ValueError("data.train is empty: pass data.train=[path/to/train.parquet,...] (files or directories)")
+    resume_point(cfg, resolve_out(cfg, "output_dir"))  # a resume setting that cannot work fails before loading
     model, processor = load_backbone(cfg.model)
     data = cfg.data
     paths_ok = {"image_root": data.get("image_root"),

@@ -43,7 +43,27 @@ def is_vision_param(name: str) -> bool:
     return _strip_peft(name).startswith(VISION_PREFIX)
 
 
-class SpatialSFTTrainer(Trainer):
+class BackboneCheckpointLoading:
+    """Trainer mixin: resume a Qwen2.5-VL's weights through `from_pretrained`, which maps the saved key names back.
+
+    Transformers 5.23 saves Qwen2.5-VL checkpoints under the original hub key names (`visual.*`,
+    `model.layers.*`) but `Trainer` resumes with a plain `load_state_dict`, which then matches no key and
+    silently keeps the initial weights. Loading the directory the way `from_pretrained` does avoids that.
+    """
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        target = model if model is not None else self.model
+        if self.is_fsdp_enabled or hasattr(target, "peft_config") or not os.path.isfile(
+                os.path.join(resume_from_checkpoint, "config.json")):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        dtype = next(target.parameters()).dtype
+        loaded = type(target).from_pretrained(resume_from_checkpoint, dtype=dtype)
+        result = target.load_state_dict(loaded.state_dict(), strict=True)
+        del loaded
+        log.info("resumed weights from %s (%s)", resume_from_checkpoint, result)
+
+
+class SpatialSFTTrainer(BackboneCheckpointLoading, Trainer):
     """`Trainer` whose optimiser gives the vision tower its own learning rate (`vision_learning_rate`)."""
 
     def __init__(self, *args, vision_learning_rate: float | None = None, **kwargs) -> None:
@@ -71,24 +91,6 @@ class SpatialSFTTrainer(Trainer):
         self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
         log.info("optimizer: vision tower lr %.3g, rest %.3g", self.vision_learning_rate, self.args.learning_rate)
         return self.optimizer
-
-
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        """Load checkpoint weights through `from_pretrained`, which maps the saved key names back.
-
-        Transformers 5.23 saves Qwen2.5-VL checkpoints under the original hub key names (`visual.*`,
-        `model.layers.*`) but `Trainer` resumes with a plain `load_state_dict`, which then matches no key and
-        silently keeps the initial weights. Loading the directory the way `from_pretrained` does avoids that.
-        """
-        target = model if model is not None else self.model
-        if self.is_fsdp_enabled or hasattr(target, "peft_config") or not os.path.isfile(
-                os.path.join(resume_from_checkpoint, "config.json")):
-            return super()._load_from_checkpoint(resume_from_checkpoint, model)
-        dtype = next(target.parameters()).dtype
-        loaded = type(target).from_pretrained(resume_from_checkpoint, dtype=dtype)
-        result = target.load_state_dict(loaded.state_dict(), strict=True)
-        del loaded
-        log.info("resumed weights from %s (%s)", resume_from_checkpoint, result)
 
 
 def apply_freezing(model: torch.nn.Module, vision_tower: bool = False, projector: bool = False,

@@ -97,6 +97,9 @@ def test_config_maps_the_paper_settings(compose, tmp_path):
     assert (args.epsilon, args.epsilon_high, args.beta, args.loss_type) == (0.2, 0.28, 0.0, "dapo")
     assert args.reward_weights == [0.5, 0.5] and not args.bf16 and not args.use_vllm and cfg.grpo.dapo_filter
     assert grpo_config(_cfg(compose, "grpo.beta=0.04", "grpo.loss_type=grpo"), tmp_path).beta == 0.04
+    assert (args.save_strategy, args.save_steps, args.save_total_limit) == ("steps", 50, 2)  # resumable by default
+    with pytest.raises(ValueError, match="save_steps=5 must be a multiple of grpo.num_iterations=2"):
+        grpo_config(_cfg(compose, "grpo.num_iterations=2", "grpo.save_steps=5"), tmp_path)
 
 
 def test_two_step_run_saves_a_loadable_checkpoint(compose, tmp_path):
@@ -110,6 +113,18 @@ def test_two_step_run_saves_a_loadable_checkpoint(compose, tmp_path):
     model, _ = load_backbone({"source": str(tmp_path / "checkpoint-final"), "device": "cpu"})
     assert model.config.model_type == "qwen2_5_vl"
     assert json.loads((tmp_path / "rl_summary.json").read_text())["steps"] == 2
+
+
+def test_budget_is_steps_and_the_time_limit_only_a_reported_stop(compose, tmp_path):
+    # A time limit that fires at once stops after the first step, saves a checkpoint and says so; the same
+    # command without it continues to exactly max_steps: the number of steps does not depend on time.
+    stopped = train_rl(_cfg(compose, "grpo.max_steps=3", "grpo.time_limit_s=1e-9"), rl_samples(4), tmp_path)
+    assert stopped["stopped_by_time_limit_at_step"] == 1 and stopped["global_step"] == 1
+    assert stopped["time_limit_s"] == 1e-9 and (tmp_path / "trainer" / "checkpoint-1" / "_COMPLETE").is_file()
+    finished = train_rl(_cfg(compose, "grpo.max_steps=3"), rl_samples(4), tmp_path)
+    assert finished["resumed_from"].endswith("checkpoint-1") and finished["global_step"] == 3
+    assert finished["stopped_by_time_limit_at_step"] is None and finished["steps"] == 3
+    assert [json.loads(line)["step"] for line in (tmp_path / "rl_log.jsonl").read_text().splitlines()] == [1, 2, 3]
 
 
 def test_kl_on_and_think_prompt_off(compose, tmp_path):

@@ -24,7 +24,7 @@ def _cfg(compose, out: Path, *overrides: str):
 
 def test_sft_config_composes(compose):
     paper = compose("sft")
-    assert paper.packing is True and paper.data.train == [] and paper.resume is False
+    assert paper.packing is True and paper.data.train == [] and paper.resume == "auto"
     cfg = compose("sft", ["experiment=tiny"])
     assert cfg.model.source == "tiny" and cfg.trainer.device == "cpu"
     # The tiny deltas size the run for CPU; the stage's own defaults stay those of real models.

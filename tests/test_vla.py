@@ -40,10 +40,12 @@ def test_vla_trains_resumes_and_saves_a_loadable_policy(compose, dataset_root, t
     assert (tmp_path / "checkpoints" / "checkpoint-4" / "_COMPLETE").is_file()
     (tmp_path / "checkpoints" / "checkpoint-5").mkdir()  # a save killed half-way: no marker, never resumed from
 
+    # The same command with a larger budget continues (resume=auto by default) and cleans the half-written save.
     run(compose("vla", [*overrides[:-5], "train.max_steps=6", "train.save_steps=2", "train.report_to=[]",
-                        "trainer.logging_steps=1", "head.flow_steps=2", "train.resume=true"]))
+                        "trainer.logging_steps=1", "head.flow_steps=2"]))
     metrics = json.loads((tmp_path / "train_metrics.json").read_text())
     assert metrics["steps"] == 6 and metrics["head"] == "flow"
+    assert metrics["resumed_from"].endswith("checkpoint-4") and not (tmp_path / "checkpoints" / "checkpoint-5").exists()
     state = json.loads((tmp_path / "checkpoints" / "checkpoint-6" / "trainer_state.json").read_text())
     assert [entry["step"] for entry in state["log_history"] if "loss" in entry] == [1, 2, 3, 4, 5, 6]
 
@@ -65,6 +67,23 @@ def test_image_augmentation_crops_and_jitters_to_the_policy_size():
     augmented = make_image_augmentation(84)(image)
     assert augmented.shape == (3, 84, 84) and 0.0 <= augmented.min() and augmented.max() <= 1.0
     assert not torch.allclose(augmented, torch.nn.functional.interpolate(image[None], size=84)[0], atol=1e-3)
+
+
+def test_batch_augmentation_is_a_function_of_its_position_in_the_run():
+    from policies.data import SeededImageAugmentation, make_image_augmentation
+
+    augment = SeededImageAugmentation(make_image_augmentation(56), ["observation.images.front"], seed=0)
+    batch = {"observation.images.front": torch.rand(3, 3, 64, 64), "observation.state": torch.zeros(3, 4)}
+    torch.manual_seed(1)
+    expected_draw = torch.rand(1)
+    torch.manual_seed(1)
+    first = augment(batch, step=5, micro_batch=1)["observation.images.front"]
+    assert torch.equal(torch.rand(1), expected_draw)  # torch's global RNG (dropout, flow noise) is untouched
+    assert first.shape == (3, 3, 56, 56) and not torch.allclose(first[0], first[1], atol=1e-3)
+    assert torch.equal(augment(batch, step=5, micro_batch=1)["observation.images.front"], first)
+    assert not torch.allclose(augment(batch, step=6, micro_batch=1)["observation.images.front"], first, atol=1e-3)
+    assert not torch.allclose(augment(batch, step=5, micro_batch=0)["observation.images.front"], first, atol=1e-3)
+    assert torch.equal(augment(batch, step=5)["observation.state"], batch["observation.state"])
 
 
 def test_lora_and_frozen_vision_train_only_what_they_should(compose, dataset_root, tmp_path):

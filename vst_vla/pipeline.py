@@ -6,7 +6,8 @@ backbone: the paper's claim in miniature) -> eval-sim of both -> export -> repor
 Each stage is the same `vst-vla <command>` a user would run, launched as a child process with its inputs
 wired from the previous stages' artifacts. A stage is done when its `_STAGE_DONE.json` exists (written
 atomically after the command exits 0 and its artifact is in place), so a rerun skips finished stages and
-re-enters an interrupted one; the trainers resume from their last checkpoint there.
+re-enters an interrupted one with the same command line: `sft`, `rl` and `vla` resume from their last complete
+checkpoint there by default (`resume=auto`), so the pipeline passes no resume flag.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from vst_vla.atomic import is_complete, write_json
+from vst_vla.atomic import write_json
 from vst_vla.hydra_run import resolve_out
 
 log = logging.getLogger(__name__)
@@ -57,18 +58,11 @@ def _model_overrides(source: str | Path) -> list[str]:
     return [f"model.source={source}"]
 
 
-def _resume_vla(stage_dir: Path) -> list[str]:
-    """Re-entering an interrupted VLA run: resume from its last complete checkpoint when it has one."""
-    checkpoints = stage_dir / "checkpoints"
-    has_one = checkpoints.is_dir() and any(is_complete(c) for c in checkpoints.glob("checkpoint-*"))
-    return ["train.resume=true"] if has_one else []
-
-
 STAGES: list[Stage] = [
     Stage("synth", "synth", lambda L: [], "summary.json"),
     Stage("sft", "sft", lambda L: [
         f"data.train=[{L.stage('synth') / 'vst_p' / 'train.parquet'},{L.stage('synth') / 'vst_r' / 'train.parquet'}]",
-        f"data.eval=[{L.stage('synth') / 'vst_p' / 'test.parquet'}]", "resume=true",
+        f"data.eval=[{L.stage('synth') / 'vst_p' / 'test.parquet'}]",
     ], "checkpoint-final"),
     Stage("rl", "rl", lambda L: [
         *_model_overrides(L.stage("sft") / "checkpoint-final"),
@@ -76,16 +70,15 @@ STAGES: list[Stage] = [
     ], "checkpoint-final"),
     Stage("eval_spatial", "eval-spatial", lambda L: [
         f"data.paths=[{L.stage('synth') / 'vst_p' / 'test.parquet'},{L.stage('synth') / 'vst_r' / 'test.parquet'}]",
-        f"checkpoints={{untuned: {L.untuned_source}, sft: {L.stage('sft') / 'checkpoint-final'}, "
-        f"rl: {L.stage('rl') / 'checkpoint-final'}}}",
+        (f"checkpoints={{untuned: {L.untuned_source}, sft: {L.stage('sft') / 'checkpoint-final'}, "
+         f"rl: {L.stage('rl') / 'checkpoint-final'}}}"),
     ], "metrics.json"),
     Stage("collect", "collect", lambda L: [], "meta/info.json"),
     Stage("vla", "vla", lambda L: [
         *_model_overrides(L.stage("rl") / "checkpoint-final"), f"dataset_root={L.stage('collect')}",
-        *_resume_vla(L.stage("vla")),
     ], "policy"),
     Stage("vla_control", "vla", lambda L: [
-        *_model_overrides(L.untuned_source), f"dataset_root={L.stage('collect')}", *_resume_vla(L.stage("vla_control")),
+        *_model_overrides(L.untuned_source), f"dataset_root={L.stage('collect')}",
     ], "policy"),
     Stage("eval_sim", "eval-sim", lambda L: ["policy=vst_vla", f"policy.path={L.stage('vla') / 'policy'}"],
           "eval.json"),

@@ -13,13 +13,18 @@ The policy contract (what `evaluate` and `vst-vla eval-sim` accept):
   `configs/policy/<name>.yaml` node, nothing added: that node's `_target_` is a class or a loader function
   (e.g. `policies.load_policy` with `path`, `device`); interpolations like `${env.task}` resolve against
   the eval-sim config. sim/ never imports the policy's package; the config names it.
+- Optional: `seed_episodes(seeds)`, called after `reset()` with each row's episode seed, lets a policy that
+  samples (the noisy expert, the random baseline) draw per-episode streams, so an episode's actions do not
+  depend on the episodes run before it (what makes `collect` resumable episode by episode). A policy that
+  samples through torch gets the same from `rollout_batch`: each batch runs under torch's generator seeded
+  with the batch's first episode seed (the caller's generator state is restored afterwards).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,6 +77,8 @@ def rollout_batch(vec_env: Any, policy: Policy, seeds: list[int], max_steps: int
     n = vec_env.num_envs
     traces = [EpisodeTrace(seed=int(s)) for s in seeds]
     policy.reset()
+    if hasattr(policy, "seed_episodes"):
+        policy.seed_episodes([int(s) for s in seeds])
     obs, _ = vec_env.reset(seed=[int(s) for s in seeds], options={NEW_ROLLOUT_OPTION: True})
     task_texts = list(vec_env.call("task_description"))
     active = np.ones(n, dtype=bool)
@@ -96,12 +103,16 @@ def rollout_batch(vec_env: Any, policy: Policy, seeds: list[int], max_steps: int
 
 
 def run_task_episodes(vec_env: Any, policy: Policy, n_episodes: int, seed: int, max_steps: int,
-                      record: bool = False, progress: tqdm | None = None):
-    """Yield `n_episodes` traces of one task, in batches of `vec_env.num_envs`; episode i uses seed + i."""
+                      record: bool = False, progress: tqdm | None = None, start: int = 0):
+    """Yield the traces of episodes `start`..`n_episodes - 1` of one task, in batches of `vec_env.num_envs`;
+    episode i uses seed + i (`trace.seed - seed` is its index)."""
     n = vec_env.num_envs
-    for start in range(0, n_episodes, n):
-        traces = rollout_batch(vec_env, policy, [seed + start + j for j in range(n)], max_steps, record)
-        for trace in traces[: n_episodes - start]:
+    for first in range(start, n_episodes, n):
+        seeds = [seed + first + j for j in range(n)]
+        with torch.random.fork_rng():
+            torch.manual_seed(seeds[0])  # a sampling policy's draws depend on the batch, not on what ran before
+            traces = rollout_batch(vec_env, policy, seeds, max_steps, record)
+        for trace in traces[: n_episodes - first]:
             if progress is not None:
                 progress.update(1)
             yield trace
@@ -109,15 +120,20 @@ def run_task_episodes(vec_env: Any, policy: Policy, n_episodes: int, seed: int, 
 
 def task_episodes(env_cfg: Any, tasks: Sequence[str], policy: Policy, n_episodes: int, n_envs: int,
                   vector_mode: str, seed: int, max_steps: int, record: bool = False,
-                  progress: tqdm | None = None) -> Iterator[tuple[str, EpisodeTrace]]:
-    """Yield (task, trace) for `n_episodes` episodes of each task, each task on its own vector env.
+                  progress: tqdm | None = None,
+                  starts: Mapping[str, int] | None = None) -> Iterator[tuple[str, EpisodeTrace]]:
+    """Yield (task, trace) for `n_episodes` episodes of each task, each task on its own vector env;
+    `starts[task]` skips that task's first episodes (a resumed run).
 
     Close the generator (`contextlib.closing`) so a consumer's error shuts the open vector env at once.
     """
     for task in tasks:
+        start = int((starts or {}).get(task, 0))
+        if start >= n_episodes:
+            continue
         vec_env = make_vector_env(env_cfg, task, n_envs, vector_mode)
         try:
-            for trace in run_task_episodes(vec_env, policy, n_episodes, seed, max_steps, record, progress):
+            for trace in run_task_episodes(vec_env, policy, n_episodes, seed, max_steps, record, progress, start):
                 yield task, trace
         finally:
             vec_env.close()

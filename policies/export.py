@@ -31,11 +31,12 @@ from omegaconf import DictConfig, OmegaConf
 from policies.model_card import render_model_card
 from policies.safety import ActionLimits
 from policies.serving.protocol import ObservationSpec, to_batch, validate_observation
-from vst_vla.atomic import atomic_directory, is_complete, write_json, write_text
+from vst_vla.atomic import atomic_directory, is_complete, reset_modes, write_json, write_text
 
 log = logging.getLogger(__name__)
 
 BUNDLE_FORMAT = "vst-vla-bundle/1"
+BUNDLE_KIND = "vst_vla-bundle"
 POLICY_SUBDIR = "policy"
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 _PACKAGES = ("vst-vla", "torch", "transformers", "lerobot", "safetensors", "numpy")
@@ -164,8 +165,9 @@ def export_bundle(policy_dir: str | Path, out_dir: str | Path, cfg: DictConfig |
         card_cfg.setdefault("training_run", json.loads(training_run.read_text()))
     eval_results = _read_optional_json(card_cfg.get("eval_results"), "evaluation results")
     summary = _policy_summary(loaded, spec)
-    with atomic_directory(out_dir, overwrite=bool(cfg.get("overwrite", False))) as tmp:
+    with atomic_directory(out_dir, overwrite=bool(cfg.get("overwrite", False)), kind=BUNDLE_KIND) as tmp:
         shutil.copytree(policy_dir, tmp / POLICY_SUBDIR, ignore=shutil.ignore_patterns("_COMPLETE", ".*"))
+        reset_modes(tmp / POLICY_SUBDIR)  # copytree keeps the source's modes: a serving account must read these
         write_json(tmp / "normalization.json", stats)
         limits.save(tmp / "action_limits.json")
         write_json(tmp / "robot_spec.json", {"observation": spec.to_dict(), "action_dim": limits.action_dim,

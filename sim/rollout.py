@@ -35,7 +35,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sim.env_spec import env_spec, make_vector_env
-from sim.eval_report import Episode, EvalResult
+from sim.eval_report import Episode, EvalResult, journal_episode, read_episode_journal
 from sim.metaworld_env import ACTION_DIM, image_key
 from sim.policy_io import actions_to_numpy, observation_to_batch
 from sim.video import write_mp4
@@ -145,34 +145,46 @@ def _video_path(video_dir: Path, task: str, index: int) -> Path:
 
 def evaluate(policy: Policy, env_cfg: Any, n_episodes: int, n_envs: int = 1, vector_mode: str = "sync",
              seed: int = 1000, video_dir: str | Path | None = None, n_videos: int = 0,
-             policy_name: str | None = None, progress: bool = True) -> EvalResult:
-    """Roll `policy` out for `n_episodes` per task of `env_cfg` on vector envs; see the module doc."""
+             policy_name: str | None = None, progress: bool = True, journal: Path | None = None) -> EvalResult:
+    """Roll `policy` out for `n_episodes` per task of `env_cfg` on vector envs; see the module doc.
+
+    With a `journal` folder, each finished episode is recorded there, and those an interrupted run of the same
+    settings recorded are kept: the run restarts at the first unfinished batch (batches keep their seeds, so
+    the results equal an uninterrupted run's).
+    """
     spec = env_spec(env_cfg)
     n_envs = max(1, min(int(n_envs), int(n_episodes)))
     camera_key = spec.image_keys[0]
     name = policy_name or type(policy).__name__
     record = video_dir is not None and n_videos > 0
-    episodes: list[Episode] = []
-    steps, wins, started = 0, 0, time.perf_counter()
-    bar = tqdm(total=n_episodes * len(spec.tasks), desc=f"eval {name}", unit="ep", disable=not progress)
+    by_task = read_episode_journal(journal, spec.tasks, n_episodes) if journal else {t: [] for t in spec.tasks}
+    starts = {task: len(done) // n_envs * n_envs for task, done in by_task.items()}
+    started = time.perf_counter()
+    bar = tqdm(total=n_episodes * len(spec.tasks), initial=sum(starts.values()), desc=f"eval {name}", unit="ep",
+               disable=not progress)
     with closing(task_episodes(env_cfg, spec.tasks, policy, n_episodes, n_envs, vector_mode, seed,
-                               spec.max_episode_steps, record, bar)) as traces:
+                               spec.max_episode_steps, record, bar, starts)) as traces:
         for task, trace in traces:
-            index = len(episodes) % n_episodes  # each task yields exactly n_episodes traces, in order
+            index = trace.seed - seed
+            if index < len(by_task[task]):
+                continue  # finished before the interruption (rerun only to keep its batch's seeds): kept as is
             video = None
             if record and index < n_videos:
                 frames = [o[camera_key] for o in trace.observations]
                 path = write_mp4(_video_path(Path(video_dir), task, index), frames, fps=20,
                                  upscale=max(1, 256 // frames[0].shape[0]))
                 video = str(path.relative_to(Path(video_dir).parent))  # relative: reports stay portable
-            episodes.append(Episode(task=task, seed=trace.seed, success=trace.success, length=trace.length,
-                                    sum_reward=trace.sum_reward, video=video))
-            steps += trace.length
-            wins += trace.success
-            bar.set_postfix(success=f"{wins}/{len(episodes)}")
+            episode = Episode(task=task, seed=trace.seed, success=trace.success, length=trace.length,
+                              sum_reward=trace.sum_reward, video=video)
+            by_task[task].append(episode)
+            if journal is not None:
+                journal_episode(journal, index, episode)
+            finished = [e for eps in by_task.values() for e in eps]
+            bar.set_postfix(success=f"{sum(e.success for e in finished)}/{len(finished)}")
     bar.close()
+    episodes = [e for task in spec.tasks for e in by_task[task]]
     result = EvalResult(policy=name, episodes=episodes, n_envs=n_envs, vector_mode=vector_mode,
-                        wall_s=time.perf_counter() - started, env_steps=steps,
+                        wall_s=time.perf_counter() - started, env_steps=sum(e.length for e in episodes),
                         meta={"tasks": list(spec.tasks), "seed": seed, "camera": camera_key,
                               "image_size": spec.features[camera_key]["shape"][0],
                               "max_episode_steps": spec.max_episode_steps})

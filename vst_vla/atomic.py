@@ -60,6 +60,19 @@ def file_mode() -> int:
     return 0o666 & ~current_umask()
 
 
+def dir_mode() -> int:
+    """The mode a plain `mkdir()` would give a new folder: 0777 less the umask."""
+    return 0o777 & ~current_umask()
+
+
+def reset_modes(root: str | Path) -> None:
+    """Give every folder and file under `root` the umask's modes (after copies that carried 0600/0700 along)."""
+    root = Path(root)
+    for path in [root, *root.rglob("*")]:
+        if not path.is_symlink():
+            os.chmod(path, dir_mode() if path.is_dir() else file_mode())
+
+
 def write_bytes(path: str | Path, data: bytes) -> Path:
     """Write `data` to `path` atomically (a temporary sibling, fsynced, renamed over it), mode per umask."""
     path = Path(path)
@@ -224,6 +237,15 @@ def _locked_partial(final: Path, kind: str, request: Any, resume: bool) -> Itera
         yield partial
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def resumable_partial(final: str | Path, kind: str, request: Any) -> Iterator[Path]:
+    """The locked partial folder of `final` for work that is journaled rather than renamed into place (e.g.
+    evaluation episodes): kept as it is for the same `request`, cleared otherwise; the caller removes it
+    once its result is written."""
+    with _locked_partial(Path(final), kind, request, resume=True) as partial:
+        yield partial
 
 
 def _replace(partial: Path, final: Path, kind: str, overwrite: bool) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from vst_vla.atomic import dir_mode
 from vst_vla.paths import cache_dir
 from vst_vla.tokenizer_corpus import tokenizer_corpus
 
@@ -169,6 +170,7 @@ def tiny_checkpoint(spec: TinySpec | None = None) -> Path:
     log.info("building the tiny Qwen2.5-VL preset into %s", final)
     # Built in a temporary sibling and renamed, so a killed build never leaves a half-written cache entry.
     tmp = Path(tempfile.mkdtemp(prefix=final.name + ".tmp-", dir=final.parent))
+    os.chmod(tmp, dir_mode())  # mkdtemp makes 0700 whatever the umask; the cache is shared like any folder
     try:
         build_tiny_checkpoint(spec, tmp)
         try:

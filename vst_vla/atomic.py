@@ -11,7 +11,8 @@ request) and is renamed to NAME. A folder is ours when it holds one of these mar
 is neither empty nor ours is refused, even with `overwrite=true`.
 
 Files and folders get the modes the user's umask allows (0644/0755 under umask 022), like any other file
-the user creates: `mkstemp` alone would make them 0600, unreadable to a separate serving account.
+the user creates: `mkstemp` alone, and safetensors' writer, make them 0600, unreadable to a separate
+serving account; a complete artifact's whole tree is set to the umask's modes before it is renamed.
 """
 
 from __future__ import annotations
@@ -129,6 +130,7 @@ def is_complete(directory: str | Path) -> bool:
 
 def mark_complete(directory: str | Path, kind: str = "checkpoint", request: Any = None) -> None:
     """Mark a directory written in place (e.g. a Trainer checkpoint) as a complete artifact of `kind`."""
+    reset_modes(directory)  # safetensors writes 0600 files whatever the umask
     write_json(Path(directory) / COMPLETE_MARKER, _manifest(kind, request))
 
 
@@ -285,6 +287,7 @@ def atomic_directory(final: str | Path, overwrite: bool = False, kind: str = "ar
             check_output_dir(final, kind, overwrite)  # again: the folder may have changed during a long run
             write_json(partial / COMPLETE_MARKER, _manifest(kind, request))
             (partial / PARTIAL_MARKER).unlink()
+            reset_modes(partial)  # libraries write 0600 files too (safetensors, mkstemp users)
             _replace(partial, final, kind, overwrite)
         except BaseException:
             if resume and partial.exists():

@@ -21,18 +21,20 @@ from spatial_tuning.sample import SpatialSample
 from vst_vla.atomic import write_text
 
 
-def _encode(sample: SpatialSample) -> dict[str, Any]:
+def _encode(sample: SpatialSample, blobs: dict[bytes, int]) -> dict[str, Any]:
+    """A sample as JSON; its images as indices into the scene's `blobs` (samples of a scene share renders)."""
+    def index(data: bytes) -> int:
+        return blobs.setdefault(data, len(blobs))
+
     return {"id": sample.id, "conversations": sample.conversations, "type": sample.type,
             "data_source": sample.data_source, "meta_info": sample.meta_info,
-            "images": [base64.b64encode(b).decode("ascii") for b in sample.images],
-            "videos": [[base64.b64encode(b).decode("ascii") for b in frames] for frames in sample.videos]}
+            "images": [index(b) for b in sample.images], "videos": [[index(b) for b in v] for v in sample.videos]}
 
 
-def _decode(row: dict[str, Any]) -> SpatialSample:
+def _decode(row: dict[str, Any], blobs: list[bytes]) -> SpatialSample:
     return SpatialSample(id=row["id"], conversations=row["conversations"], type=row["type"],
                          data_source=row["data_source"], meta_info=row["meta_info"],
-                         images=[base64.b64decode(b) for b in row["images"]],
-                         videos=[[base64.b64decode(b) for b in frames] for frames in row["videos"]])
+                         images=[blobs[i] for i in row["images"]], videos=[[blobs[i] for i in v] for v in row["videos"]])
 
 
 class SceneJournal:
@@ -50,7 +52,10 @@ class SceneJournal:
         """Scene `index` is finished: it added `added`; `rng` and `letter_counts` are the state after it."""
         if self.folder is None:
             return
-        state = {"index": index, "samples": [_encode(s) for s in added], "rng": rng.bit_generator.state,
+        blobs: dict[bytes, int] = {}
+        samples = [_encode(s, blobs) for s in added]
+        state = {"index": index, "samples": samples, "blobs": [base64.b64encode(b).decode("ascii") for b in blobs],
+                 "rng": rng.bit_generator.state,
                  "letters": {skill: {str(k): v for k, v in counts.items()} for skill, counts in letter_counts.items()}}
         write_text(self._path(index), json.dumps(state))
 
@@ -60,8 +65,9 @@ class SceneJournal:
         index, last = 0, None
         while self.folder is not None and self._path(index).is_file():
             last = json.loads(self._path(index).read_text())
+            blobs = [base64.b64decode(b) for b in last["blobs"]]
             for row in last["samples"]:
-                sample = _decode(row)
+                sample = _decode(row, blobs)
                 accepted[sample.skill].append(sample)
             index += 1
         if last is not None:

@@ -100,8 +100,17 @@ def test_interrupted_collection_resumes_with_its_finished_episodes(dataset_root,
     with pytest.raises(DatasetMismatchError, match=r"does not exist \(only the unfinished \.ds\.partial"):
         load_dataset_meta(root)
     monkeypatch.setattr(collect_module, "_journal_episode", journal)
-    summary = collect_dataset(OmegaConf.create(ENV), root, episodes=2, n_envs=1)  # another batching, same data
-    assert summary.resumed_episodes == 1 and summary.kept == 2
+
+    def killed_while_building(*args):
+        raise KeyboardInterrupt  # every episode is journaled; the dataset is half built
+
+    monkeypatch.setattr(collect_module, "_remove_empty_dirs", killed_while_building)
+    with pytest.raises(KeyboardInterrupt):
+        collect_dataset(OmegaConf.create(ENV), root, episodes=2, n_envs=1)  # another batching, same data
+    assert (tmp_path / ".ds.partial" / "dataset" / "meta").is_dir() and not root.exists()
+    monkeypatch.undo()
+    summary = collect_dataset(OmegaConf.create(ENV), root, episodes=2, n_envs=1)
+    assert summary.resumed_episodes == 2 and summary.kept == 2
     assert [p.name for p in tmp_path.iterdir()] == ["ds"]
     assert _content(root) == _content(dataset_root)  # the fixture: the same request, uninterrupted
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 from collections import Counter
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -22,19 +23,21 @@ from vst_vla.atomic import write_text
 
 
 def _encode(sample: SpatialSample, blobs: dict[bytes, int]) -> dict[str, Any]:
-    """A sample as JSON; its images as indices into the scene's `blobs` (samples of a scene share renders)."""
+    """A sample as JSON, every field kept; its images as indices into the scene's `blobs` (a scene's samples
+    share its renders)."""
     def index(data: bytes) -> int:
         return blobs.setdefault(data, len(blobs))
 
-    return {"id": sample.id, "conversations": sample.conversations, "type": sample.type,
-            "data_source": sample.data_source, "meta_info": sample.meta_info,
-            "images": [index(b) for b in sample.images], "videos": [[index(b) for b in v] for v in sample.videos]}
+    row = {f.name: getattr(sample, f.name) for f in fields(SpatialSample)}
+    row["images"] = [index(b) for b in sample.images]
+    row["videos"] = [[index(b) for b in frames] for frames in sample.videos]
+    return row
 
 
 def _decode(row: dict[str, Any], blobs: list[bytes]) -> SpatialSample:
-    return SpatialSample(id=row["id"], conversations=row["conversations"], type=row["type"],
-                         data_source=row["data_source"], meta_info=row["meta_info"],
-                         images=[blobs[i] for i in row["images"]], videos=[[blobs[i] for i in v] for v in row["videos"]])
+    images = [blobs[i] for i in row["images"]]
+    videos = [[blobs[i] for i in frames] for frames in row["videos"]]
+    return SpatialSample(**{**row, "images": images, "videos": videos})
 
 
 class SceneJournal:

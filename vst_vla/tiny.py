@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from vst_vla.atomic import dir_mode
+from vst_vla.atomic import reset_modes
 from vst_vla.paths import cache_dir
 from vst_vla.tokenizer_corpus import tokenizer_corpus
 
@@ -170,9 +170,9 @@ def tiny_checkpoint(spec: TinySpec | None = None) -> Path:
     log.info("building the tiny Qwen2.5-VL preset into %s", final)
     # Built in a temporary sibling and renamed, so a killed build never leaves a half-written cache entry.
     tmp = Path(tempfile.mkdtemp(prefix=final.name + ".tmp-", dir=final.parent))
-    os.chmod(tmp, dir_mode())  # mkdtemp makes 0700 whatever the umask; the cache is shared like any folder
     try:
         build_tiny_checkpoint(spec, tmp)
+        reset_modes(tmp)  # mkdtemp (0700) and safetensors (0600) ignore the umask; the cache is read by other users
         try:
             os.rename(tmp, final)
         except OSError:  # another process finished first; its build is identical

@@ -250,13 +250,13 @@ def resumable_partial(final: str | Path, kind: str, request: Any) -> Iterator[Pa
         yield partial
 
 
-def _replace(partial: Path, final: Path, kind: str, overwrite: bool) -> None:
+def _replace(partial: Path, final: Path) -> None:
+    trash = final.with_name(f".{final.name}.replaced")
+    if trash.exists():  # left by a run killed while swapping; ours only if it holds our manifest
+        if read_manifest(trash) is None:
+            raise OutputDirError(f"{trash} exists and was not written by vst-vla; move it away and rerun")
+        shutil.rmtree(trash)
     if final.exists() and any(final.iterdir()):
-        trash = final.with_name(f".{final.name}.replaced")
-        if trash.exists():  # left by a run killed while swapping; ours only if it holds our manifest
-            if read_manifest(trash) is None:
-                raise OutputDirError(f"{trash} exists and was not written by vst-vla; move it away and rerun")
-            shutil.rmtree(trash)
         os.replace(final, trash)
         os.replace(partial, final)
         shutil.rmtree(trash, ignore_errors=True)
@@ -288,7 +288,7 @@ def atomic_directory(final: str | Path, overwrite: bool = False, kind: str = "ar
             write_json(partial / COMPLETE_MARKER, _manifest(kind, request))
             (partial / PARTIAL_MARKER).unlink()
             reset_modes(partial)  # libraries write 0600 files too (safetensors, mkstemp users)
-            _replace(partial, final, kind, overwrite)
+            _replace(partial, final)
         except BaseException:
             if resume and partial.exists():
                 log.info("kept the unfinished %s in %s: rerun the same command to resume", kind, partial)

@@ -31,11 +31,12 @@ from omegaconf import DictConfig, OmegaConf
 from policies.model_card import render_model_card
 from policies.safety import ActionLimits
 from policies.serving.protocol import ObservationSpec, to_batch, validate_observation
-from vst_vla.atomic import atomic_directory, is_complete, write_json, write_text
+from vst_vla.atomic import PARTIAL_MARKER, atomic_directory, is_complete, write_json, write_text
 
 log = logging.getLogger(__name__)
 
 BUNDLE_FORMAT = "vst-vla-bundle/1"
+BUNDLE_KIND = "vst_vla-bundle"
 POLICY_SUBDIR = "policy"
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 _PACKAGES = ("vst-vla", "torch", "transformers", "lerobot", "safetensors", "numpy")
@@ -164,7 +165,7 @@ def export_bundle(policy_dir: str | Path, out_dir: str | Path, cfg: DictConfig |
         card_cfg.setdefault("training_run", json.loads(training_run.read_text()))
     eval_results = _read_optional_json(card_cfg.get("eval_results"), "evaluation results")
     summary = _policy_summary(loaded, spec)
-    with atomic_directory(out_dir, overwrite=bool(cfg.get("overwrite", False))) as tmp:
+    with atomic_directory(out_dir, overwrite=bool(cfg.get("overwrite", False)), kind=BUNDLE_KIND) as tmp:
         shutil.copytree(policy_dir, tmp / POLICY_SUBDIR, ignore=shutil.ignore_patterns("_COMPLETE", ".*"))
         write_json(tmp / "normalization.json", stats)
         limits.save(tmp / "action_limits.json")
@@ -173,7 +174,8 @@ def export_bundle(policy_dir: str | Path, out_dir: str | Path, cfg: DictConfig |
                                              "fps": card_cfg.get("fps")})
         write_text(tmp / "README.md", render_model_card(summary, limits, spec, card_cfg, eval_results))
         torchscript = _export_torchscript(loaded, spec, tmp / "heads") if cfg.get("torchscript_heads") else None
-        files = {p.relative_to(tmp).as_posix(): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+        files = {p.relative_to(tmp).as_posix(): _sha256(p) for p in sorted(tmp.rglob("*"))
+                 if p.is_file() and p.name != PARTIAL_MARKER}  # the marker goes when the bundle is complete
         write_json(tmp / "bundle.json", {
             "format": BUNDLE_FORMAT, "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "source_policy_dir": str(policy_dir.resolve()), "policy": summary, "versions": _versions(),

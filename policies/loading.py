@@ -30,6 +30,8 @@ from vst_vla.atomic import atomic_directory, is_complete
 
 log = logging.getLogger(__name__)
 
+POLICY_KIND = "vst_vla-policy"
+
 
 class LoadedPolicy:
     """A `VSTVLAPolicy` with its pre/post-processors: raw observations in, environment-unit actions out."""
@@ -86,9 +88,11 @@ def _as_tensors(batch: dict[str, Any]) -> dict[str, Any]:
 
 def save_policy(policy: VSTVLAPolicy, preprocessor: PolicyProcessorPipeline, postprocessor: PolicyProcessorPipeline,
                 out_dir: str | Path, overwrite: bool = True) -> Path:
-    """Write a self-contained policy directory atomically (complete under its final name, or not at all)."""
+    """Write a self-contained policy directory atomically (complete under its final name, or not at all).
+
+    `overwrite` replaces only a policy directory vst-vla wrote; a folder holding anything else is refused."""
     out_dir = Path(out_dir)
-    with atomic_directory(out_dir, overwrite=overwrite) as tmp:
+    with atomic_directory(out_dir, overwrite=overwrite, kind=POLICY_KIND) as tmp:
         LoadedPolicy(policy, preprocessor, postprocessor).save_pretrained(tmp)
     log.info("saved policy to %s", out_dir)
     return out_dir

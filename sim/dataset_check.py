@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from sim.env_spec import EnvSpec
-from vst_vla.atomic import is_complete
+from vst_vla.atomic import is_complete, partial_path
 
-# What `vst-vla collect` leaves behind when killed: a temporary sibling `.NAME.XXXX.partial`.
+# What `vst-vla collect` leaves behind when killed: a sibling `.NAME.partial` (a rerun resumes it).
 _PARTIAL_SUFFIX = ".partial"
 _STAT_KEYS_ANY = ("mean", "std", "min", "max", "q01", "q99")
 
@@ -26,8 +26,9 @@ def check_dataset_root(root: str | Path) -> Path:
     """The root of a complete local LeRobot dataset (v3 layout), or an error naming what is missing."""
     root = Path(root)
     if not root.exists():
-        partials = sorted(root.parent.glob(f".{root.name}.*{_PARTIAL_SUFFIX}")) if root.parent.exists() else []
-        hint = f" (only an unfinished {partials[0].name} from a killed run is there)" if partials else ""
+        partial = partial_path(root)
+        hint = (f" (only the unfinished {partial.name} of an interrupted collect is there: rerun that collect "
+                "to finish it)") if partial.exists() else ""
         raise DatasetMismatchError(f"dataset root {root} does not exist{hint}; record one with "
                                    f"`vst-vla collect output_dir={root}`")
     if root.name.endswith(_PARTIAL_SUFFIX) and not is_complete(root):

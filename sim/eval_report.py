@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -109,3 +110,22 @@ class EvalResult:
         """Write `eval.json` and `eval.md` (atomically) into `out_dir`."""
         out_dir = Path(out_dir)
         return write_json(out_dir / "eval.json", self.to_dict()), write_text(out_dir / "eval.md", self.to_markdown())
+
+
+def _journal_path(journal: Path, task: str, index: int) -> Path:
+    return journal / task / f"{index:06d}.json"
+
+
+def journal_episode(journal: Path, index: int, episode: Episode) -> None:
+    """Record a finished episode (atomically), so an interrupted evaluation keeps it."""
+    write_json(_journal_path(journal, episode.task, index), asdict(episode))
+
+
+def read_episode_journal(journal: Path, tasks: list[str] | tuple[str, ...], n_episodes: int) -> dict[str, list[Episode]]:
+    """The episodes an interrupted evaluation finished, per task (each task's are recorded in order)."""
+    done: dict[str, list[Episode]] = {}
+    for task in tasks:
+        done[task] = []
+        while len(done[task]) < n_episodes and _journal_path(journal, task, len(done[task])).is_file():
+            done[task].append(Episode(**json.loads(_journal_path(journal, task, len(done[task])).read_text())))
+    return done

@@ -3,21 +3,29 @@
     vst-vla eval-sim policy=expert task=pick-place episodes=50 n_envs=2 vector=async
     vst-vla eval-sim policy=vst_vla policy.path=DIR task=pick-place
 
-The policy is `hydra.utils.instantiate(cfg.policy)` (see `sim.rollout` for the contract).
+The policy is `hydra.utils.instantiate(cfg.policy)` (see `sim.rollout` for the contract). Finished episodes
+are journaled in `<output_dir>/.eval.partial/` until eval.json is written, so a rerun of an interrupted
+evaluation with the same settings keeps them and gives the same results.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
+from pathlib import Path
+from typing import Any
 
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from sim.eval_report import EvalResult
 from sim.rollout import evaluate
+from vst_vla.atomic import read_manifest, resumable_partial
 from vst_vla.hydra_run import resolve_out
 
 log = logging.getLogger(__name__)
+
+EVAL_KIND = "eval-sim"
 
 
 def policy_name(cfg: DictConfig, policy: object) -> str:
@@ -33,14 +41,30 @@ def policy_name(cfg: DictConfig, policy: object) -> str:
     return type(policy).__name__
 
 
+def eval_request(cfg: DictConfig) -> dict[str, Any]:
+    """What decides the episodes' results: an interrupted run of the same request keeps its finished episodes.
+
+    A policy loaded from a directory is identified by its `_COMPLETE` manifest's id too, so a retrained
+    policy at the same path starts afresh."""
+    policy = OmegaConf.to_container(cfg.policy, resolve=True)
+    path = policy.get("path") if isinstance(policy, dict) else None
+    manifest = read_manifest(path) if path and Path(str(path)).is_dir() else None
+    return {"policy": policy, "policy_id": (manifest or {}).get("id"),
+            "env": OmegaConf.to_container(cfg.env, resolve=True), "episodes": int(cfg.episodes),
+            "n_envs": int(cfg.n_envs), "vector": str(cfg.vector), "seed": int(cfg.seed),
+            "n_videos": int(cfg.n_videos)}
+
+
 def run(cfg: DictConfig) -> EvalResult:
     """Entry point of `vst-vla eval-sim` (config: configs/eval-sim.yaml)."""
     out = resolve_out(cfg, "output_dir")
     policy = instantiate(cfg.policy, _convert_="all")
-    result = evaluate(policy, cfg.env, n_episodes=int(cfg.episodes), n_envs=int(cfg.n_envs),
-                      vector_mode=str(cfg.vector), seed=int(cfg.seed), video_dir=out / "videos",
-                      n_videos=int(cfg.n_videos), policy_name=policy_name(cfg, policy))
-    result.write(out)
+    with resumable_partial(out / "eval", EVAL_KIND, eval_request(cfg)) as journal:
+        result = evaluate(policy, cfg.env, n_episodes=int(cfg.episodes), n_envs=int(cfg.n_envs),
+                          vector_mode=str(cfg.vector), seed=int(cfg.seed), video_dir=out / "videos",
+                          n_videos=int(cfg.n_videos), policy_name=policy_name(cfg, policy), journal=journal)
+        result.write(out)
+        shutil.rmtree(journal)
     print(result.summary_line())
     print(f"wrote {out / 'eval.json'}, {out / 'eval.md'}")
     return result

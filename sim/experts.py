@@ -28,10 +28,16 @@ class ScriptedExpert:
         self.noise_std = float(noise_std)
         self.seed = int(seed)
         self._rng = np.random.default_rng(self.seed)
+        self._row_rngs: list[np.random.Generator] = []
         self._policies: dict[str, Any] = {}
 
     def reset(self) -> None:
         """Nothing to clear: MetaWorld's scripted policies are memoryless."""
+
+    def seed_episodes(self, seeds: list[int]) -> None:
+        """One noise stream per batch row, seeded by (expert seed, episode seed): an episode's noise does not
+        depend on the batch it runs in or the episodes before it."""
+        self._row_rngs = [np.random.default_rng([self.seed, int(s)]) for s in seeds]
 
     def _policy(self, text: str):
         task = task_for_instruction().get(text)
@@ -51,7 +57,8 @@ class ScriptedExpert:
         states = batch[ENV_STATE_KEY].detach().cpu().numpy().astype(np.float64)
         actions = np.stack([self._policy(text).get_action(state) for text, state in zip(batch["task"], states)])
         if self.noise_std > 0:
-            actions = actions + self._rng.normal(0.0, self.noise_std, size=actions.shape)
+            rngs = self._row_rngs if len(self._row_rngs) == len(actions) else [self._rng] * len(actions)
+            actions = actions + np.stack([rng.normal(0.0, self.noise_std, size=actions.shape[1:]) for rng in rngs])
         return torch.from_numpy(np.clip(actions, -1.0, 1.0).astype(np.float32))
 
 
@@ -60,12 +67,20 @@ class RandomPolicy:
 
     def __init__(self, action_dim: int = ACTION_DIM, seed: int = 0) -> None:
         self.action_dim = int(action_dim)
-        self._rng = np.random.default_rng(int(seed))
+        self.seed = int(seed)
+        self._rng = np.random.default_rng(self.seed)
+        self._row_rngs: list[np.random.Generator] = []
 
     def reset(self) -> None:
         """Nothing to clear."""
 
+    def seed_episodes(self, seeds: list[int]) -> None:
+        """One stream per batch row, seeded by (policy seed, episode seed), as `ScriptedExpert` does."""
+        self._row_rngs = [np.random.default_rng([self.seed, int(s)]) for s in seeds]
+
     def select_action(self, batch: dict[str, Any]) -> torch.Tensor:
         """[B, action_dim] uniform samples; B is the length of the batch's task list."""
-        size = (len(batch["task"]), self.action_dim)
-        return torch.from_numpy(self._rng.uniform(-1.0, 1.0, size=size).astype(np.float32))
+        n = len(batch["task"])
+        rngs = self._row_rngs if len(self._row_rngs) == n else [self._rng] * n
+        actions = np.stack([rng.uniform(-1.0, 1.0, size=self.action_dim) for rng in rngs])
+        return torch.from_numpy(actions.astype(np.float32))

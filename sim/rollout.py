@@ -13,13 +13,18 @@ The policy contract (what `evaluate` and `vst-vla eval-sim` accept):
   `configs/policy/<name>.yaml` node, nothing added: that node's `_target_` is a class or a loader function
   (e.g. `policies.load_policy` with `path`, `device`); interpolations like `${env.task}` resolve against
   the eval-sim config. sim/ never imports the policy's package; the config names it.
+- Optional: `seed_episodes(seeds)`, called after `reset()` with each row's episode seed, lets a policy that
+  samples (the noisy expert, the random baseline) draw per-episode streams, so an episode's actions do not
+  depend on the episodes run before it (what makes `collect` resumable episode by episode). A policy that
+  samples through torch gets the same from `rollout_batch`: each batch runs under torch's generator seeded
+  with the batch's first episode seed (the caller's generator state is restored afterwards).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +35,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sim.env_spec import env_spec, make_vector_env
-from sim.eval_report import Episode, EvalResult
+from sim.eval_report import Episode, EvalResult, journal_episode, read_episode_journal
 from sim.metaworld_env import ACTION_DIM, image_key
 from sim.policy_io import actions_to_numpy, observation_to_batch
 from sim.video import write_mp4
@@ -72,6 +77,8 @@ def rollout_batch(vec_env: Any, policy: Policy, seeds: list[int], max_steps: int
     n = vec_env.num_envs
     traces = [EpisodeTrace(seed=int(s)) for s in seeds]
     policy.reset()
+    if hasattr(policy, "seed_episodes"):
+        policy.seed_episodes([int(s) for s in seeds])
     obs, _ = vec_env.reset(seed=[int(s) for s in seeds], options={NEW_ROLLOUT_OPTION: True})
     task_texts = list(vec_env.call("task_description"))
     active = np.ones(n, dtype=bool)
@@ -96,12 +103,16 @@ def rollout_batch(vec_env: Any, policy: Policy, seeds: list[int], max_steps: int
 
 
 def run_task_episodes(vec_env: Any, policy: Policy, n_episodes: int, seed: int, max_steps: int,
-                      record: bool = False, progress: tqdm | None = None):
-    """Yield `n_episodes` traces of one task, in batches of `vec_env.num_envs`; episode i uses seed + i."""
+                      record: bool = False, progress: tqdm | None = None, start: int = 0):
+    """Yield the traces of episodes `start`..`n_episodes - 1` of one task, in batches of `vec_env.num_envs`;
+    episode i uses seed + i (`trace.seed - seed` is its index)."""
     n = vec_env.num_envs
-    for start in range(0, n_episodes, n):
-        traces = rollout_batch(vec_env, policy, [seed + start + j for j in range(n)], max_steps, record)
-        for trace in traces[: n_episodes - start]:
+    for first in range(start, n_episodes, n):
+        seeds = [seed + first + j for j in range(n)]
+        with torch.random.fork_rng():
+            torch.manual_seed(seeds[0])  # a sampling policy's draws depend on the batch, not on what ran before
+            traces = rollout_batch(vec_env, policy, seeds, max_steps, record)
+        for trace in traces[: n_episodes - first]:
             if progress is not None:
                 progress.update(1)
             yield trace
@@ -109,15 +120,20 @@ def run_task_episodes(vec_env: Any, policy: Policy, n_episodes: int, seed: int, 
 
 def task_episodes(env_cfg: Any, tasks: Sequence[str], policy: Policy, n_episodes: int, n_envs: int,
                   vector_mode: str, seed: int, max_steps: int, record: bool = False,
-                  progress: tqdm | None = None) -> Iterator[tuple[str, EpisodeTrace]]:
-    """Yield (task, trace) for `n_episodes` episodes of each task, each task on its own vector env.
+                  progress: tqdm | None = None,
+                  starts: Mapping[str, int] | None = None) -> Iterator[tuple[str, EpisodeTrace]]:
+    """Yield (task, trace) for `n_episodes` episodes of each task, each task on its own vector env;
+    `starts[task]` skips that task's first episodes (a resumed run).
 
     Close the generator (`contextlib.closing`) so a consumer's error shuts the open vector env at once.
     """
     for task in tasks:
+        start = int((starts or {}).get(task, 0))
+        if start >= n_episodes:
+            continue
         vec_env = make_vector_env(env_cfg, task, n_envs, vector_mode)
         try:
-            for trace in run_task_episodes(vec_env, policy, n_episodes, seed, max_steps, record, progress):
+            for trace in run_task_episodes(vec_env, policy, n_episodes, seed, max_steps, record, progress, start):
                 yield task, trace
         finally:
             vec_env.close()
@@ -129,34 +145,46 @@ def _video_path(video_dir: Path, task: str, index: int) -> Path:
 
 def evaluate(policy: Policy, env_cfg: Any, n_episodes: int, n_envs: int = 1, vector_mode: str = "sync",
              seed: int = 1000, video_dir: str | Path | None = None, n_videos: int = 0,
-             policy_name: str | None = None, progress: bool = True) -> EvalResult:
-    """Roll `policy` out for `n_episodes` per task of `env_cfg` on vector envs; see the module doc."""
+             policy_name: str | None = None, progress: bool = True, journal: Path | None = None) -> EvalResult:
+    """Roll `policy` out for `n_episodes` per task of `env_cfg` on vector envs; see the module doc.
+
+    With a `journal` folder, each finished episode is recorded there, and those an interrupted run of the same
+    settings recorded are kept: the run restarts at the first unfinished batch (batches keep their seeds, so
+    the results equal an uninterrupted run's).
+    """
     spec = env_spec(env_cfg)
     n_envs = max(1, min(int(n_envs), int(n_episodes)))
     camera_key = spec.image_keys[0]
     name = policy_name or type(policy).__name__
     record = video_dir is not None and n_videos > 0
-    episodes: list[Episode] = []
-    steps, wins, started = 0, 0, time.perf_counter()
-    bar = tqdm(total=n_episodes * len(spec.tasks), desc=f"eval {name}", unit="ep", disable=not progress)
+    by_task = read_episode_journal(journal, spec.tasks, n_episodes) if journal else {t: [] for t in spec.tasks}
+    starts = {task: len(done) // n_envs * n_envs for task, done in by_task.items()}
+    started = time.perf_counter()
+    bar = tqdm(total=n_episodes * len(spec.tasks), initial=sum(starts.values()), desc=f"eval {name}", unit="ep",
+               disable=not progress)
     with closing(task_episodes(env_cfg, spec.tasks, policy, n_episodes, n_envs, vector_mode, seed,
-                               spec.max_episode_steps, record, bar)) as traces:
+                               spec.max_episode_steps, record, bar, starts)) as traces:
         for task, trace in traces:
-            index = len(episodes) % n_episodes  # each task yields exactly n_episodes traces, in order
+            index = trace.seed - seed
+            if index < len(by_task[task]):
+                continue  # finished before the interruption (rerun only to keep its batch's seeds): kept as is
             video = None
             if record and index < n_videos:
                 frames = [o[camera_key] for o in trace.observations]
                 path = write_mp4(_video_path(Path(video_dir), task, index), frames, fps=20,
                                  upscale=max(1, 256 // frames[0].shape[0]))
                 video = str(path.relative_to(Path(video_dir).parent))  # relative: reports stay portable
-            episodes.append(Episode(task=task, seed=trace.seed, success=trace.success, length=trace.length,
-                                    sum_reward=trace.sum_reward, video=video))
-            steps += trace.length
-            wins += trace.success
-            bar.set_postfix(success=f"{wins}/{len(episodes)}")
+            episode = Episode(task=task, seed=trace.seed, success=trace.success, length=trace.length,
+                              sum_reward=trace.sum_reward, video=video)
+            by_task[task].append(episode)
+            if journal is not None:
+                journal_episode(journal, index, episode)
+            finished = [e for eps in by_task.values() for e in eps]
+            bar.set_postfix(success=f"{sum(e.success for e in finished)}/{len(finished)}")
     bar.close()
+    episodes = [e for task in spec.tasks for e in by_task[task]]
     result = EvalResult(policy=name, episodes=episodes, n_envs=n_envs, vector_mode=vector_mode,
-                        wall_s=time.perf_counter() - started, env_steps=steps,
+                        wall_s=time.perf_counter() - started, env_steps=sum(e.length for e in episodes),
                         meta={"tasks": list(spec.tasks), "seed": seed, "camera": camera_key,
                               "image_size": spec.features[camera_key]["shape"][0],
                               "max_episode_steps": spec.max_episode_steps})

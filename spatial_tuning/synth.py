@@ -6,6 +6,9 @@ seed gives the same bytes whatever `num_workers` is (workers render, the main pr
 
 Layout of `output_dir`: `vst_p/{train,test}.parquet` (perception rows), `vst_r/{train,test}.parquet`
 (`<think>` rows, type containing "thought"), `summary.json`, `summary.md`, optionally `preview.html`.
+It is written as an atomic artifact (see `vst_vla.atomic`): a folder that is not ours is refused, a rerun with
+the same settings reuses a complete output and resumes an interrupted one from its scene journal
+(`spatial_tuning.synth_journal`), giving the bytes of an uninterrupted run.
 
 MuJoCo fixes its GL backend when it is first imported, so this module imports the scene and skill modules
 (which import MuJoCo) only inside functions, after `run` has chosen the renderer.
@@ -18,6 +21,7 @@ import logging
 import math
 import multiprocessing
 import os
+import shutil
 import sys
 import time
 import zlib
@@ -33,8 +37,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from spatial_tuning.sample import SpatialSample
+from spatial_tuning.synth_journal import SceneJournal
 from spatial_tuning.vst_format import write_parquet
-from vst_vla.atomic import atomic_directory, is_complete, write_json, write_text
+from vst_vla.atomic import atomic_directory, reusable, write_json, write_text
 
 if TYPE_CHECKING:
     from spatial_tuning.skills import Draft
@@ -139,8 +144,12 @@ def _scene_results(jobs: Iterator[SceneJob], num_workers: int) -> Iterator[tuple
         yield from pool.imap(draft_scene, jobs, chunksize=1)  # in order: the output does not depend on timing
 
 
-def generate_split(split: str, count_per_skill: int, cfg: DictConfig) -> tuple[list[SpatialSample], dict]:
-    """`count_per_skill` samples of every selected skill from fresh scenes of `split`."""
+def generate_split(split: str, count_per_skill: int, cfg: DictConfig,
+                   journal: Path | None = None) -> tuple[list[SpatialSample], dict]:
+    """`count_per_skill` samples of every selected skill from fresh scenes of `split`.
+
+    With a `journal` folder, each finished scene is recorded there and the scenes an interrupted run
+    finished are replayed instead of rendered (see `spatial_tuning.synth_journal`)."""
     from spatial_tuning.skills import finalize, select_skills
 
     skills = tuple(select_skills(OmegaConf.to_container(cfg.skills) if OmegaConf.is_config(cfg.skills) else cfg.skills))
@@ -148,11 +157,16 @@ def generate_split(split: str, count_per_skill: int, cfg: DictConfig) -> tuple[l
     rng = np.random.default_rng([int(cfg.seed), SPLIT_CODES[split], 7])
     balancer = LetterBalancer(rng)
     max_scenes = int(cfg.scenes.max_scenes or max(50, 20 * count_per_skill))
+    scene_journal = SceneJournal(journal)
+    first_scene = scene_journal.replay(accepted, rng, balancer.counts)
+    if first_scene:
+        log.info("synth %s: resuming after %d finished scenes (%d samples kept)", split, first_scene,
+                 sum(len(v) for v in accepted.values()))
 
     def jobs() -> Iterator[SceneJob]:
         # A job names the skills still short when it is created. Skills only ever fill up, so a skill left
         # out is one that no later scene could serve; the output is the same however far workers run ahead.
-        for i in range(max_scenes):
+        for i in range(first_scene, max_scenes):
             active = tuple(n for n in skills if len(accepted[n]) < count_per_skill)
             if not active:
                 return
@@ -160,10 +174,13 @@ def generate_split(split: str, count_per_skill: int, cfg: DictConfig) -> tuple[l
                            tuple(cfg.scenes.objects), int(cfg.scenes.views), int(cfg.scenes.video_frames),
                            bool(cfg.shadows))
 
-    total, scenes = count_per_skill * len(skills), 0
-    with tqdm(total=total, desc=f"synth {split}", unit="sample", disable=total == 0) as bar:
-        for job, drafts, images, cameras in _scene_results(jobs(), int(cfg.num_workers)) if total else ():
+    total, scenes = count_per_skill * len(skills), first_scene
+    restored = sum(len(v) for v in accepted.values())
+    finished = all(len(v) >= count_per_skill for v in accepted.values())
+    with tqdm(total=total, initial=restored, desc=f"synth {split}", unit="sample", disable=total == 0) as bar:
+        for job, drafts, images, cameras in _scene_results(jobs(), int(cfg.num_workers)) if not finished else ():
             scenes += 1
+            added = []
             for draft in drafts:
                 done = accepted[draft.skill]
                 if len(done) >= count_per_skill:
@@ -173,7 +190,9 @@ def generate_split(split: str, count_per_skill: int, cfg: DictConfig) -> tuple[l
                 done.append(finalize(draft, sample_id=f"{job.scene_id}_{draft.skill}_{k:05d}", scene_id=job.scene_id,
                                      images=[images[c] for c in draft.cameras], thought=is_thought(k, cfg.thought_fraction),
                                      correct_position=position, rng=rng, camera_info=[cameras[c] for c in draft.cameras]))
+                added.append(done[-1])
                 bar.update(1)
+            scene_journal.record(job.index, added, rng, balancer.counts)
             if all(len(v) >= count_per_skill for v in accepted.values()):
                 break
     short = {name: len(v) for name, v in accepted.items() if len(v) < count_per_skill}
@@ -227,23 +246,44 @@ def _write_outputs(tmp: Path, splits: dict[str, list[SpatialSample]]) -> None:
         write_parquet([s for s in samples if s.think], tmp / "vst_r" / f"{split}.parquet")
 
 
-def synthesize(cfg: DictConfig, out: Path) -> dict[str, Any]:
-    """Generate both splits into `out` (atomically) and return the summary."""
+SYNTH_KIND = "vst-synth-data"
+_JOURNAL = "scenes"
+
+
+def synth_request(cfg: DictConfig) -> dict[str, Any]:
+    """The settings that decide synth's bytes: a rerun with the same ones resumes or reuses the output."""
+    keys = ("seed", "image_size", "counts_per_skill", "skills", "thought_fraction", "questions_per_scene", "scenes",
+            "shadows")
+    return {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k] for k in keys}
+
+
+def _clear_outputs(partial: Path) -> None:
+    """Remove output files a run killed while writing them left (they are rewritten from the journal)."""
+    for child in partial.iterdir():
+        if child.name not in (_JOURNAL, "_PARTIAL"):
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+
+
+def synthesize(cfg: DictConfig, out: Path, overwrite: bool = False) -> dict[str, Any]:
+    """Generate both splits into `out` (atomically; resuming an interrupted run of the same settings) and
+    return the summary."""
     started = time.perf_counter()
     splits, stats = {}, {}
-    for split in ("train", "test"):
-        splits[split], stats[split] = generate_split(split, int(cfg.counts_per_skill[split]), cfg)
-    seconds = time.perf_counter() - started
-    skills = summarize(splits)
-    n = sum(len(v) for v in splits.values())
-    scenes = sum(s["scenes"] for s in stats.values())
-    summary = {"seed": int(cfg.seed), "image_size": int(cfg.image_size), "num_workers": int(cfg.num_workers),
-               "skills": skills, "splits": stats,
-               "totals": {"train": len(splits["train"]), "test": len(splits["test"]),
-                          "thought": sum(e["thought"] for e in skills.values()), "skills": len(skills)},
-               "throughput": {"seconds": round(seconds, 2), "scenes": scenes, "samples_per_s": round(n / seconds, 2),
-                              "scenes_per_s": round(scenes / seconds, 3)}}
-    with atomic_directory(out, overwrite=True) as tmp:
+    with atomic_directory(out, overwrite=overwrite, kind=SYNTH_KIND, request=synth_request(cfg), resume=True) as tmp:
+        for split in ("train", "test"):
+            splits[split], stats[split] = generate_split(split, int(cfg.counts_per_skill[split]), cfg,
+                                                         journal=tmp / _JOURNAL / split)
+        seconds = time.perf_counter() - started
+        skills = summarize(splits)
+        n = sum(len(v) for v in splits.values())
+        scenes = sum(s["scenes"] for s in stats.values())
+        summary = {"seed": int(cfg.seed), "image_size": int(cfg.image_size), "num_workers": int(cfg.num_workers),
+                   "skills": skills, "splits": stats,
+                   "totals": {"train": len(splits["train"]), "test": len(splits["test"]),
+                              "thought": sum(e["thought"] for e in skills.values()), "skills": len(skills)},
+                   "throughput": {"seconds": round(seconds, 2), "scenes": scenes,
+                                  "samples_per_s": round(n / seconds, 2), "scenes_per_s": round(scenes / seconds, 3)}}
+        _clear_outputs(tmp)
         _write_outputs(tmp, splits)
         # Timing varies run to run, so it stays out of the files that must be byte-identical per seed.
         write_json(tmp / "summary.json", {k: v for k, v in summary.items() if k not in {"throughput", "num_workers"}})
@@ -253,6 +293,7 @@ def synthesize(cfg: DictConfig, out: Path) -> dict[str, Any]:
             from spatial_tuning.preview import write_preview
 
             write_preview(splits["test"] or splits["train"], tmp / "preview.html", int(cfg.preview_per_skill))
+        shutil.rmtree(tmp / _JOURNAL)
     return summary
 
 
@@ -266,14 +307,14 @@ def output_path(cfg: DictConfig) -> Path:
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Entry point of `vst-vla synth`."""
     out = output_path(cfg)
-    if is_complete(out) and not cfg.overwrite:
-        log.info("synth: %s is already complete; pass overwrite=true to regenerate", out)
-        print(f"synth: {out} already complete (overwrite=false), reusing it")
+    if not cfg.overwrite and reusable(out, SYNTH_KIND, synth_request(cfg)):
+        log.info("synth: %s already holds data of these settings; pass overwrite=true to regenerate", out)
+        print(f"synth: {out} already complete with these settings, reusing it (overwrite=true regenerates)")
         return {"output_dir": str(out), "reused": True}
     from vst_vla.runtime import select_mujoco_renderer
 
     log.info("synth: rendering with MUJOCO_GL=%s", select_mujoco_renderer())  # workers inherit the choice
-    summary = synthesize(cfg, out)
+    summary = synthesize(cfg, out, overwrite=bool(cfg.overwrite))
     print(summary_markdown(summary), end="")
     print(f"synth: wrote {out}")
     return {"output_dir": str(out), **summary}

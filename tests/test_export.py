@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -21,6 +22,7 @@ import torch
 from policies.export import BundleError, export_bundle, load_bundle
 from policies.safety import SafetyFilter
 from policies.serving.protocol import to_batch, validate_observation
+from vst_vla.atomic import OutputDirError
 
 REPO = Path(__file__).resolve().parents[1]
 ROBOT_PYTHON = REPO / ".venv-robot" / "bin" / "python"
@@ -65,6 +67,7 @@ FRESH_SCRIPT = """
 import sys, numpy as np, torch
 from policies.export import load_bundle
 from policies.serving.protocol import to_batch, validate_observation
+from vst_vla.atomic import OutputDirError
 bundle = load_bundle("bundle")
 data = np.load("inputs.npz")
 obs = [{"%(cam)s": data["images"][i], "%(state)s": data["states"][i], "prompt": "push the button"}
@@ -154,13 +157,21 @@ def _check_torchscript_head(bundle_path: Path, head: str) -> None:
 @pytest.fixture(scope="module")
 def bundle_dir(tmp_path_factory, tiny_backbone) -> Path:
     """A bundle written by the `vst-vla export` entry point with its shipped config and a few overrides."""
+    root = tmp_path_factory.mktemp("bundle")
+    previous_umask = os.umask(0o022)  # what a user sharing the bundle with a serving account has
+    try:
+        policy_dir = _make_policy_dir(root / "policy", tiny_backbone)
+        return _export_bundle(root, policy_dir)
+    finally:
+        os.umask(previous_umask)
+
+
+def _export_bundle(root: Path, policy_dir: Path) -> Path:
     from hydra import compose, initialize_config_dir
 
     from policies.export import run
     from vst_vla.paths import config_dir
 
-    root = tmp_path_factory.mktemp("bundle")
-    policy_dir = _make_policy_dir(root / "policy", tiny_backbone)
     results = root / "eval.json"
     results.write_text(json.dumps({"task": "button-press-v3", "success_rate": 0.4, "episodes": 10}))
     overrides = [f"policy_path={policy_dir}", f"output_dir={root / 'export'}", "limits.margin=0.0",
@@ -190,6 +201,25 @@ def test_bundle_holds_weights_config_processor_stats_limits_spec_and_card(bundle
     card = (bundle_dir / "README.md").read_text()
     assert "test arm" in card and "| success_rate | 0.4 |" in card and "dx, dy, dz, grip" in card
     assert manifest["policy"]["head"] == "l1_chunk" and manifest["policy"]["action_dim"] == ACTION_DIM
+
+
+def test_policy_and_bundle_are_readable_by_another_account_under_umask_022(bundle_dir):
+    """Saved with mkstemp/mkdtemp they were 0600/0700, unreadable to a separate serving account."""
+    for root in (bundle_dir, bundle_dir.parent.parent / "policy"):
+        modes = {p: stat.S_IMODE(p.stat().st_mode) for p in [root, *root.rglob("*")]}
+        assert {m for p, m in modes.items() if p.is_file()} == {0o644}
+        assert {m for p, m in modes.items() if p.is_dir()} == {0o755}
+
+
+def test_export_into_a_foreign_folder_is_refused_even_with_overwrite(bundle_dir, tmp_path):
+    foreign = tmp_path / "bundle"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep")
+    with pytest.raises(OutputDirError, match=r"holds files vst-vla did not write \(notes.txt\)"):
+        export_bundle(bundle_dir.parent.parent / "policy", foreign, {"overwrite": True})
+    assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
+    with pytest.raises(OutputDirError, match="already holds a complete vst_vla-bundle; pass overwrite=true"):
+        export_bundle(bundle_dir.parent.parent / "policy", bundle_dir, {})
 
 
 def test_corrupted_or_incomplete_bundles_and_pickled_weights_are_refused(bundle_dir, tmp_path):

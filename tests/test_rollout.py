@@ -9,6 +9,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from sim import rollout as rollout_module
 from sim.eval_sim import run as eval_sim_run
 from sim.experts import RandomPolicy, ScriptedExpert
 from sim.rollout import evaluate
@@ -38,6 +39,35 @@ def test_eval_sim_command_writes_reports_and_videos_with_async_envs(compose, tmp
     videos = sorted((tmp_path / "videos").glob("*.mp4"))
     assert len(videos) == 1 and videos[0].stat().st_size > 1000
     assert report["episodes"][0]["video"] == f"videos/{videos[0].name}"
+
+
+def test_interrupted_eval_sim_keeps_its_finished_episodes_and_equals_an_uninterrupted_run(compose, tmp_path,
+                                                                                           monkeypatch):
+    overrides = ["policy=random", "task=reach", "episodes=3", "n_envs=2", "vector=sync", "n_videos=0",
+                 "env.image_size=32", "env.max_episode_steps=15"]
+    journal = rollout_module.journal_episode
+    calls = []
+
+    def interrupted_at_second_episode(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        journal(*args, **kwargs)
+
+    monkeypatch.setattr(rollout_module, "journal_episode", interrupted_at_second_episode)
+    resumed = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        eval_sim_run(compose("eval-sim", [*overrides, f"output_dir={resumed}"]))
+    assert not (resumed / "eval.json").exists()
+    assert [p.name for p in (resumed / ".eval.partial" / "reach-v3").iterdir()] == ["000000.json"]
+    monkeypatch.setattr(rollout_module, "journal_episode", journal)
+    calls.clear()
+    eval_sim_run(compose("eval-sim", [*overrides, f"output_dir={resumed}"]))
+    eval_sim_run(compose("eval-sim", [*overrides, f"output_dir={tmp_path / 'uninterrupted'}"]))
+    report, reference = (json.loads((tmp_path / d / "eval.json").read_text()) for d in ("resumed", "uninterrupted"))
+    assert [e["seed"] for e in report["episodes"]] == [1000, 1001, 1002]
+    assert report["episodes"] == reference["episodes"] and report["mean_sum_reward"] == reference["mean_sum_reward"]
+    assert sorted(p.name for p in resumed.iterdir()) == ["eval.json", "eval.md"]
 
 
 class _WrongShapePolicy:

@@ -7,11 +7,13 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from kill_helpers import kill_after_progress, vst_vla
 
 from spatial_tuning.readers import load_samples
 from spatial_tuning.skills import SKILLS
 from spatial_tuning.synth import LetterBalancer, is_thought, run
-from vst_vla.atomic import is_complete
+from spatial_tuning.synth_journal import SceneJournal
+from vst_vla.atomic import OutputDirError, is_complete
 from vst_vla.cli import COMMANDS
 
 OVERRIDES = ["image_size=64", "counts_per_skill.train=3", "counts_per_skill.test=1", "thought_fraction=0.34"]
@@ -88,3 +90,74 @@ def test_letter_balancer_and_thought_schedule():
     counts = Counter(balancer.position("s", 4 if i % 3 else 3) for i in range(300))
     assert max(counts.values()) / 300 < 0.3
     assert sum(is_thought(k, 0.25) for k in range(100)) == 25
+
+
+SMALL = ["image_size=32", "counts_per_skill.train=4", "counts_per_skill.test=2", "questions_per_scene=1",
+         "skills=[depth_comparison,object_distance,camera_motion]", "experiment=tiny"]
+PARQUETS = ("vst_p/train.parquet", "vst_p/test.parquet", "vst_r/train.parquet", "vst_r/test.parquet", "summary.json")
+
+
+@pytest.mark.parametrize("overwrite", ["false", "true"])
+def test_synth_into_a_foreign_folder_is_refused_and_loses_nothing(compose, tmp_path, overwrite):
+    """The issue's reproduction: synth always passed overwrite=True, so a folder holding other files was deleted."""
+    folder = tmp_path / "x"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "sub" / "f").write_text("keep\n")
+    with pytest.raises(OutputDirError, match=r"x already exists and holds files vst-vla did not write \(sub/\); .*"
+                                             r"overwrite=true only replaces a folder vst-vla created"):
+        run(compose("synth", [*SMALL, f"output_dir={folder}", f"overwrite={overwrite}"]))
+    assert (folder / "sub" / "f").read_text() == "keep\n" and sorted(p.name for p in folder.iterdir()) == ["sub"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x"]
+
+
+def test_complete_output_of_other_settings_is_refused(synth_dirs, compose):
+    out = synth_dirs[0]
+    before = (out / "vst_p" / "train.parquet").read_bytes()
+    with pytest.raises(OutputDirError, match=r"made with other settings \(counts_per_skill, image_size, "
+                                             r"questions_per_scene, skills, thought_fraction differ\); pass overwrite=true"):
+        run(compose("synth", [*SMALL, f"output_dir={out}"]))
+    assert (out / "vst_p" / "train.parquet").read_bytes() == before
+
+
+def test_interrupted_synth_resumes_to_the_same_bytes(compose, tmp_path, monkeypatch):
+    record = SceneJournal.record
+    calls = []
+
+    def interrupted_after_three_scenes(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        record(self, *args, **kwargs)
+
+    monkeypatch.setattr(SceneJournal, "record", interrupted_after_three_scenes)
+    with pytest.raises(KeyboardInterrupt):
+        run(compose("synth", [*SMALL, f"output_dir={tmp_path / 'resumed'}"]))
+    assert [p.name for p in tmp_path.iterdir()] == [".resumed.partial"]
+    assert len(list((tmp_path / ".resumed.partial" / "scenes" / "train").glob("*.json"))) == 3
+    monkeypatch.setattr(SceneJournal, "record", record)
+    run(compose("synth", [*SMALL, f"output_dir={tmp_path / 'resumed'}"]))
+    run(compose("synth", [*SMALL, f"output_dir={tmp_path / 'uninterrupted'}"]))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["resumed", "uninterrupted"]
+    assert not (tmp_path / "resumed" / "scenes").exists()
+    for rel in PARQUETS:
+        assert (tmp_path / "resumed" / rel).read_bytes() == (tmp_path / "uninterrupted" / rel).read_bytes(), rel
+
+
+@pytest.mark.slow
+def test_synth_killed_at_a_random_point_then_rerun_gives_the_same_bytes(synth_dirs, tmp_path):
+    out = tmp_path / "data"
+    args = ["synth", *OVERRIDES, "experiment=tiny", f"output_dir={out}", f"hydra.run.dir={tmp_path / 'run'}"]
+    journal = tmp_path / ".data.partial" / "scenes"
+
+    def finished_scenes() -> int:  # train's, then test's
+        return len(list(journal.glob("*/*.json")))
+
+    killed_at = kill_after_progress(args, tmp_path, finished_scenes, np.random.default_rng(13), at_least=1,
+                                    at_most=3)
+    assert not out.exists() and finished_scenes() >= killed_at
+    proc = vst_vla(args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    assert "synth train: resuming after" in proc.stdout
+    for rel in PARQUETS:  # synth_dirs[0]: the same settings, uninterrupted, in this process
+        assert (out / rel).read_bytes() == (synth_dirs[0] / rel).read_bytes(), rel
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "run"]

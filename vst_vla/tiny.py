@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from vst_vla.atomic import reset_modes
 from vst_vla.paths import cache_dir
 from vst_vla.tokenizer_corpus import tokenizer_corpus
 
@@ -171,6 +172,7 @@ def tiny_checkpoint(spec: TinySpec | None = None) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=final.name + ".tmp-", dir=final.parent))
     try:
         build_tiny_checkpoint(spec, tmp)
+        reset_modes(tmp)  # mkdtemp (0700) and safetensors (0600) ignore the umask; the cache is read by other users
         try:
             os.rename(tmp, final)
         except OSError:  # another process finished first; its build is identical

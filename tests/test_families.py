@@ -186,10 +186,10 @@ def test_each_head_trains_and_its_saved_policy_reloads_with_identical_actions(ba
     name, _, _ = backbone
     policy_dir = run(compose("vla", ["experiment=tiny", f"model=tiny_{name}", f"head={head}",
                                      f"dataset_root={vla_dataset}", f"output_dir={tmp_path / 'train'}",
-                                     "train.max_steps=2", "train.save_steps=2", "train.report_to=[]",
+                                     "train.max_steps=2", "train.save_steps=2", "train.report_to=[]", "trainer.logging_steps=1",
                                      "head.flow_steps=2" if head == "flow" else "head.name=" + head]))
     metrics = json.loads((tmp_path / "train" / "train_metrics.json").read_text())
-    assert metrics["steps"] == 2 and np.isfinite(metrics["train_loss"])
+    assert metrics["steps"] == 2 and np.isfinite(metrics["last_loss"])
     first = load_policy(policy_dir)
     assert family_of(first.policy.vlm.model).name == name
     batch = {"observation.images.front": torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)),
@@ -197,9 +197,9 @@ def test_each_head_trains_and_its_saved_policy_reloads_with_identical_actions(ba
              "task": ["pick up the red block", "push the button"]}
     torch.manual_seed(0)
     chunk = first.predict_action_chunk(batch)
-    again = save_policy(first.policy, first.preprocessor, first.postprocessor, tmp_path / "resaved")
-    torch.manual_seed(0)
-    assert torch.equal(load_policy(again).predict_action_chunk(batch), chunk)
+    again = load_policy(save_policy(first.policy, first.preprocessor, first.postprocessor, tmp_path / "resaved"))
+    torch.manual_seed(0)  # the flow head starts from seeded noise
+    assert torch.equal(again.predict_action_chunk(batch), chunk)
     assert torch.isfinite(chunk).all() and chunk.shape[0] == 2 and chunk.shape[-1] == 4
 
 
@@ -215,7 +215,7 @@ def test_exported_policy_answers_a_served_request(backbone, tmp_path):
 
     name, model, processor = backbone
     cam, state = "observation.images.front", "observation.state"
-    config = VSTVLAConfig(head="l1_chunk", chunk_size=4, n_action_steps=4, image_size=64, device="cpu",
+    config = VSTVLAConfig(head="l1_chunk", chunk_size=4, n_action_steps=4, image_size=56, device="cpu",
                           input_features={cam: PolicyFeature(FeatureType.VISUAL, (3, 32, 32)),
                                           state: PolicyFeature(FeatureType.STATE, (3,))},
                           output_features={"action": PolicyFeature(FeatureType.ACTION, (2,))})

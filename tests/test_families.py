@@ -14,7 +14,13 @@ from PIL import Image
 from websockets.sync.client import connect
 
 from policies import msgpack_numpy
-from spatial_tuning.packing import PackedCollator, PaddedCollator, SFTDataset, packing_supported, rope_positions
+from spatial_tuning.packing import (
+    PackedCollator,
+    PaddedCollator,
+    SFTDataset,
+    packing_supported,
+    rope_positions,
+)
 from spatial_tuning.sample import SpatialSample
 from spatial_tuning.sft_tokenize import IGNORE_INDEX, encode_sample
 from spatial_tuning.sft_toy import toy_spatial_samples

@@ -57,8 +57,8 @@ class Qwen3VLFamily(BackboneFamily):
     def build_processor(self, tokenizer, min_pixels: int, max_pixels: int):
         from transformers import Qwen2VLImageProcessor, Qwen3VLProcessor, Qwen3VLVideoProcessor
 
-        patches = dict(patch_size=self.patch_size, merge_size=2, temporal_patch_size=2, image_mean=_IMAGE_MEAN,
-                       image_std=_IMAGE_STD)
+        patches = {"patch_size": self.patch_size, "merge_size": 2, "temporal_patch_size": 2,
+                   "image_mean": _IMAGE_MEAN, "image_std": _IMAGE_STD}
         image_processor = Qwen2VLImageProcessor(min_pixels=min_pixels, max_pixels=max_pixels, **patches)
         # Our videos arrive as already-sampled frames: keep them all, and cap pixels explicitly (its default
         # changes across transformers releases).
@@ -70,24 +70,24 @@ class Qwen3VLFamily(BackboneFamily):
     def text_config(self, spec: TinySpec, tokenizer) -> dict:
         ids = {t: tokenizer.convert_tokens_to_ids(t) for t in ("<|endoftext|>", "<|im_end|>")}
         head_dim = spec.hidden_size // spec.num_attention_heads
-        return dict(
-            vocab_size=len(tokenizer), hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
-            num_hidden_layers=spec.num_hidden_layers, num_attention_heads=spec.num_attention_heads,
-            num_key_value_heads=spec.num_key_value_heads, head_dim=head_dim, max_position_embeddings=8192,
-            rope_parameters={"rope_type": "default", "rope_theta": 5_000_000.0,
-                             "mrope_section": interleaved_mrope_section(head_dim), "mrope_interleaved": True},
-            bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
-            tie_word_embeddings=True,
-        )
+        return {
+            "vocab_size": len(tokenizer), "hidden_size": spec.hidden_size, "intermediate_size": spec.intermediate_size,
+            "num_hidden_layers": spec.num_hidden_layers, "num_attention_heads": spec.num_attention_heads,
+            "num_key_value_heads": spec.num_key_value_heads, "head_dim": head_dim, "max_position_embeddings": 8192,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 5_000_000.0,
+                                "mrope_section": interleaved_mrope_section(head_dim), "mrope_interleaved": True},
+            "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"], "pad_token_id": ids["<|endoftext|>"],
+            "tie_word_embeddings": True,
+        }
 
     def vision_config(self, spec: TinySpec) -> dict:
-        return dict(
-            depth=spec.vision_depth, hidden_size=spec.vision_hidden_size, intermediate_size=2 * spec.vision_hidden_size,
-            num_heads=spec.vision_num_heads, out_hidden_size=spec.hidden_size, patch_size=self.patch_size,
-            spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=256,
+        return {
+            "depth": spec.vision_depth, "hidden_size": spec.vision_hidden_size, "intermediate_size": 2 * spec.vision_hidden_size,
+            "num_heads": spec.vision_num_heads, "out_hidden_size": spec.hidden_size, "patch_size": self.patch_size,
+            "spatial_merge_size": 2, "temporal_patch_size": 2, "num_position_embeddings": 256,
             # Deepstack: features of every tiny vision layer are added to the first language layers.
-            deepstack_visual_indexes=list(range(spec.vision_depth)),
-        )
+            "deepstack_visual_indexes": list(range(spec.vision_depth)),
+        }
 
     def build_config(self, spec: TinySpec, tokenizer):
         from transformers import Qwen3VLConfig
@@ -99,8 +99,8 @@ class Qwen3VLFamily(BackboneFamily):
     def _vision_ids(tokenizer) -> dict[str, int]:
         ids = {t: tokenizer.convert_tokens_to_ids(t) for t in
                ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")}
-        return dict(image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-                    vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+        return {"image_token_id": ids["<|image_pad|>"], "video_token_id": ids["<|video_pad|>"],
+                "vision_start_token_id": ids["<|vision_start|>"], "vision_end_token_id": ids["<|vision_end|>"]}
 
     def model_class(self) -> type:
         from transformers import Qwen3VLForConditionalGeneration

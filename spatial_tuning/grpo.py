@@ -32,6 +32,7 @@ from spatial_tuning.rewards import MODES, accuracy_reward, format_reward, parse_
 from spatial_tuning.sample import SpatialSample
 from vst_vla.atomic import atomic_directory, write_json
 from vst_vla.backbone import load_backbone, save_backbone
+from vst_vla.families import family_of
 
 log = logging.getLogger(__name__)
 
@@ -178,9 +179,8 @@ def vllm_usable(requested: Any) -> bool:
 
 
 def vision_token_ids(model) -> list[int]:
-    """Ids of the vision placeholder tokens; a sampled one would break Qwen2.5-VL's 3-D rope index."""
-    names = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
-    return [int(i) for i in (getattr(model.config, n, None) for n in names) if i is not None]
+    """Ids of the vision placeholder tokens; a sampled one would break the backbone family's 3-D rope index."""
+    return list(family_of(model).vision_token_ids(model.config).values())
 
 
 def grpo_config(cfg: DictConfig, output_dir: Path, suppress_token_ids: Sequence[int] = ()) -> GRPOConfig:

@@ -86,6 +86,34 @@ def test_tiny_preset_is_the_real_family_at_toy_size(backbone):
     assert text.startswith("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
 
 
+def test_every_model_config_names_a_family_its_tiny_source_builds():
+    from omegaconf import OmegaConf
+
+    from vst_vla.families import tiny_family
+    from vst_vla.paths import config_dir
+
+    declared = {}
+    for path in sorted((config_dir() / "model").glob("*.yaml")):
+        cfg = OmegaConf.load(path)
+        family = get_family(cfg.family)  # raises on a family nobody registered
+        declared[path.stem] = family.name
+        source = str(cfg._get_node("source")._value())  # unresolved: real models read an env variable
+        if source.startswith("tiny"):
+            assert tiny_family(source) is family, path
+    assert declared["tiny"] == "qwen2_5_vl" and declared["tiny_qwen3_vl"] == "qwen3_vl"
+    assert declared["tiny_qwen3_5"] == "qwen3_5"
+    assert {declared[f"qwen3_vl_{size}"] for size in ("2b", "4b", "8b")} == {"qwen3_vl"}
+
+
+def test_token_counts_match_the_encoding(backbone):
+    from spatial_tuning.sft_tokenize import count_tokens
+
+    _, _, processor = backbone
+    samples = [*toy_spatial_samples(3, seed=4), _video_sample()]
+    assert [count_tokens(s, processor) for s in samples] == [encode_sample(s, processor)["input_ids"].numel()
+                                                             for s in samples]
+
+
 def test_save_and_load_give_identical_logits(backbone, tmp_path):
     name, model, processor = backbone
     saved = save_backbone(model, processor, tmp_path / "ckpt")

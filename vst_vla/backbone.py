@@ -30,6 +30,7 @@ class BackboneConfig:
     """What `load_backbone` needs; the Hydra `model/` group fills these fields."""
 
     source: str = "tiny"
+    family: str | None = None  # the family the config expects; a checkpoint of another family is logged
     seed: int = 0
     attn_implementation: str = "auto"
     dtype: str = "auto"
@@ -130,7 +131,11 @@ def load_backbone(cfg: BackboneConfig | Mapping[str, Any] | str | Path = "tiny")
     except Exception as err:
         raise CheckpointError(f"cannot load model weights from {path}: {err}") from err
     model.to(device)
-    log.info("loaded backbone %s (%s, %s, %s, %.1fM params)", path, device, dtype, attention,
+    family = family_for_model_type(model.config.model_type)
+    if cfg.family and cfg.family != family.name:
+        log.warning("model.family=%s but %s is a %s checkpoint: loading it as %s", cfg.family, path, family.label,
+                    family.label)
+    log.info("loaded %s backbone %s (%s, %s, %s, %.1fM params)", family.label, path, device, dtype, attention,
              sum(p.numel() for p in model.parameters()) / 1e6)
     return model, processor
 

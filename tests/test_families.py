@@ -271,3 +271,20 @@ def test_exported_policy_answers_a_served_request(backbone, tmp_path):
         reply = msgpack_numpy.unpackb(ws.recv(timeout=60))
     assert reply["actions"].shape == (4, 2)
     np.testing.assert_allclose(reply["actions"], expected, atol=1e-5)
+
+
+def test_freezing_treats_qwen3_vl_deepstack_mergers_as_projector(backbone):
+    from spatial_tuning.sft_trainer import apply_freezing
+
+    name, model, _ = backbone
+    frozen_tower = copy.deepcopy(model)
+    apply_freezing(frozen_tower, vision_tower=True)
+    trainable = {n for n, p in frozen_tower.named_parameters() if p.requires_grad}
+    assert not any(n.startswith("model.visual.blocks.") for n in trainable)
+    assert any(n.startswith("model.visual.merger.") for n in trainable)
+    if name == "qwen3_vl":  # one merger per deepstack layer: 2 in the tiny preset, trainable with the projector
+        assert sum(n.startswith("model.visual.deepstack_merger_list.") for n in trainable) > 0
+        frozen_projector = copy.deepcopy(model)
+        apply_freezing(frozen_projector, projector=True)
+        assert not any(p.requires_grad for n, p in frozen_projector.named_parameters()
+                       if n.startswith("model.visual.deepstack_merger_list."))

@@ -288,3 +288,12 @@ def test_freezing_treats_qwen3_vl_deepstack_mergers_as_projector(backbone):
         apply_freezing(frozen_projector, projector=True)
         assert not any(p.requires_grad for n, p in frozen_projector.named_parameters()
                        if n.startswith("model.visual.deepstack_merger_list."))
+
+
+def test_info_names_the_backbone_family(compose, monkeypatch):
+    from vst_vla.info import describe_backbone
+
+    monkeypatch.delenv("VST_VLA_MODEL_PATH", raising=False)
+    assert describe_backbone(compose("info", ["model=tiny_qwen3_vl"])) == "qwen3_vl (Qwen3-VL, tiny preset tiny_qwen3_vl)"
+    assert describe_backbone(compose("info")) == "qwen2_5_vl (Qwen2.5-VL, tiny preset tiny)"
+    assert describe_backbone(compose("info", ["model=qwen3_vl_8b"])) == "qwen3_vl (Qwen3-VL), model.source not set"

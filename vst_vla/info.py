@@ -27,13 +27,13 @@ def _version(name: str) -> str:
         return "not installed"
 
 
-def describe_backbone(cfg: DictConfig | None) -> str:
+def describe_backbone(cfg: DictConfig) -> str:
     """The backbone family `model.source` belongs to (a tiny preset's, or a local checkpoint's), or why unknown."""
     from vst_vla.backbone import CheckpointError, source_family
     from vst_vla.families import get_family, tiny_family
 
-    source = OmegaConf.select(cfg, "model.source", throw_on_missing=False) if cfg is not None else "tiny"
-    declared = OmegaConf.select(cfg, "model.family", default=None) if cfg is not None else None
+    source = OmegaConf.select(cfg, "model.source", throw_on_missing=False)
+    declared = OmegaConf.select(cfg, "model.family", default=None)
     if source in (None, "", "???"):
         named = f"{declared} ({get_family(declared).label})" if declared else "unknown"
         return f"{named}, model.source not set"
@@ -56,7 +56,8 @@ def collect_info(cfg: DictConfig | None = None) -> dict[str, str]:
     info["dtype"] = str(resolve_dtype(model_cfg.get("dtype", "auto"), device)).replace("torch.", "")
     info["attention"] = resolve_attention(model_cfg.get("attn_implementation", "auto"), device)
     info["flash-attn usable"] = str(flash_attention_available())
-    info["backbone family"] = describe_backbone(cfg)
+    if cfg is not None and "model" in cfg:  # without a model config there is no backbone to name
+        info["backbone family"] = describe_backbone(cfg)
     info["torch threads"] = str(torch.get_num_threads())
     try:
         info["mujoco renderer"] = select_mujoco_renderer()

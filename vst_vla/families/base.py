@@ -75,7 +75,10 @@ class BackboneFamily(ABC):
         return f"{_TINY_PREFIX}_{self.name}"
 
     def tiny_cache_key(self, spec: TinySpec) -> str:
-        payload = json.dumps(asdict(spec), sort_keys=True) + f"|{self.name}|{self.build_version}"
+        """Hash of the dimensions, seed, family, recipe version and chat template (read from an installed package
+        for the newer families, so a changed template rebuilds the preset)."""
+        template = hashlib.sha256(self.chat_template().encode()).hexdigest()[:12]
+        payload = json.dumps(asdict(spec), sort_keys=True) + f"|{self.name}|{self.build_version}|{template}"
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
     def build_tokenizer(self, spec: TinySpec):

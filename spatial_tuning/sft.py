@@ -31,6 +31,7 @@ from spatial_tuning.sft_tokenize import cached_token_counts, describe_labels, en
 from spatial_tuning.sft_trainer import SpatialSFTTrainer, apply_freezing, apply_lora, merged_model
 from vst_vla.atomic import atomic_directory, write_json
 from vst_vla.backbone import save_backbone
+from vst_vla.families import family_of
 from vst_vla.hydra_run import resolve_out, setup_torch
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ def build_dataset(samples: Sequence[SpatialSample], counts: Sequence[int] | None
 
 def build_collator(model, processor, packing: bool):
     """The packed collator (per-sample mrope positions from the model) or the padded baseline."""
-    if packing and packing_supported(model, packing):
+    if packing and family_of(model).packing_exact:  # train_sft logged the fallback when it is not
         # flash-attention varlen takes the whole batch as one row; the dense sdpa mask prefers a row per pack.
         one_row = model.config._attn_implementation.startswith("flash")
         return PackedCollator(rope_positions(model), processor.tokenizer.pad_token_id, one_row=one_row)

@@ -73,7 +73,7 @@ class VSTVLAPolicy(PreTrainedPolicy):
         self.vlm = VLMBackbone(model, processor, config.prompt_template, config.image_size, state_dim)
         self.action_dim = int(config.action_feature.shape[0])
         self.head = build_head(config.head_target, self.vlm.hidden_size, self.action_dim, config,
-                               backbone_layers=int(model.config.text_config.num_hidden_layers))
+                               backbone_layers=self.vlm.num_layers)
         self.head.setup(self.vlm)
         apply_finetune_mode(model, config, train_embeddings=config.head == "tokens")
         self.reset()

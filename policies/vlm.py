@@ -1,6 +1,6 @@
-"""The backbone side of the policy: prompt building and one Qwen2.5-VL pass with state and query tokens.
+"""The backbone side of the policy: prompt building and one backbone pass with state and query tokens.
 
-The prompt is Qwen2.5-VL's chat template: one image per camera, an optional proprioception token, then
+The prompt is the backbone family's chat template: one image per camera, an optional proprioception token, then
 "What action should the robot take to {task}?", then the assistant turn, then optional action-query tokens.
 The proprioception and query tokens are placeholders in the token stream whose embeddings are replaced by a
 projection of the robot state and by the head's learnable queries. Prompts are left-padded so the last
@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from vst_vla.families import family_of
 
 PROPRIO_TOKEN = "<|proprio|>"
 QUERY_TOKEN = "<|action_query|>"
@@ -51,7 +53,8 @@ def add_tokens(model: nn.Module, processor, tokens: list[str]) -> list[int]:
 
 
 class VLMBackbone(nn.Module):
-    """A Qwen2.5-VL model and its processor, turning (images, state, task) into hidden states."""
+    """A backbone (any family in `vst_vla/families/`) and its processor, turning (images, state, task) into
+    hidden states."""
 
     def __init__(self, model: nn.Module, processor, prompt_template: str, image_size: int, state_dim: int | None):
         super().__init__()
@@ -60,7 +63,9 @@ class VLMBackbone(nn.Module):
         self.prompt_template = prompt_template
         self.image_size = image_size
         self.proprio_id, self.query_id = add_tokens(model, processor, [PROPRIO_TOKEN, QUERY_TOKEN])
-        self.hidden_size = int(model.config.text_config.hidden_size)
+        self.family = family_of(model)
+        self.hidden_size = self.family.hidden_size(model.config)
+        self.num_layers = self.family.num_layers(model.config)
         self.state_proj = nn.Linear(state_dim, self.hidden_size) if state_dim else None
         self._templates: dict[int, str] = {}
 
@@ -168,8 +173,8 @@ class VLMBackbone(nn.Module):
     def forward(self, inputs: PromptInputs, state: Tensor | None = None, queries: Tensor | None = None,
                 use_cache: bool = False):
         """One pass over the prompts; returns the backbone output (last hidden state, cache)."""
-        return self.model.model(
-            input_ids=inputs.input_ids, inputs_embeds=self.embed(inputs.input_ids, state, queries),
+        return self.family.embed_forward(
+            self.model, input_ids=inputs.input_ids, inputs_embeds=self.embed(inputs.input_ids, state, queries),
             attention_mask=inputs.attention_mask, pixel_values=inputs.pixel_values,
             image_grid_thw=inputs.image_grid_thw, mm_token_type_ids=inputs.mm_token_type_ids, use_cache=use_cache)
 

@@ -51,6 +51,7 @@ from spatial_tuning.sft_trainer import BackboneCheckpointLoading
 from vst_vla.atomic import atomic_directory, write_json, write_text
 from vst_vla.backbone import load_backbone, save_backbone
 from vst_vla.checkpoints import MarkCheckpointComplete, remove_incomplete_checkpoints, resolve_resume
+from vst_vla.families import family_of
 
 log = logging.getLogger(__name__)
 
@@ -242,9 +243,8 @@ def vllm_usable(requested: Any) -> bool:
 
 
 def vision_token_ids(model) -> list[int]:
-    """Ids of the vision placeholder tokens; a sampled one would break Qwen2.5-VL's 3-D rope index."""
-    names = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
-    return [int(i) for i in (getattr(model.config, n, None) for n in names) if i is not None]
+    """Ids of the vision placeholder tokens; a sampled one would break the backbone family's 3-D rope index."""
+    return list(family_of(model).vision_token_ids(model.config).values())
 
 
 def grpo_config(cfg: DictConfig, output_dir: Path, suppress_token_ids: Sequence[int] = ()) -> GRPOConfig:

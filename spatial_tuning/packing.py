@@ -3,8 +3,9 @@
 A packed batch is one row holding several samples back to back. Each sample keeps its own positions: row 0 of the
 `[4, 1, L]` `position_ids` restarts at 0 per sample (transformers reads the restarts as sequence boundaries and
 builds a block-diagonal causal mask, or flash-attention varlen on GPU), rows 1-3 are the sample's 3-D mrope
-positions from the model's own `get_rope_index`. With `attention_mask=None` and `use_cache=False` this matches
-running the samples one by one.
+positions from the model family's own `get_rope_index`. With `attention_mask=None` and `use_cache=False` this
+matches running the samples one by one. A family whose layers cannot keep samples apart in one row (Qwen3.5's
+linear attention on PyTorch kernels) trains on padded batches instead (`packing_supported`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from torch.utils.data import Dataset
 
 from spatial_tuning.sample import SpatialSample
 from spatial_tuning.sft_tokenize import IGNORE_INDEX, encode_sample
+from vst_vla.families import RopePositions, family_of
 
 log = logging.getLogger(__name__)
 
@@ -50,30 +52,22 @@ def pack_samples(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
     return [sorted(p) for p in packs]
 
 
-class MropePositions:
-    """Per-sample 3-D rope positions, computed by the model class's own `get_rope_index` from its config.
+# Per-sample 3-D rope positions by the model family's own `get_rope_index` (the name packing code has always used).
+MropePositions = RopePositions
 
-    Holds only the config (not the weights), so data-loader workers can carry it cheaply.
-    """
 
-    def __init__(self, model) -> None:
-        inner = getattr(model, "model", model)
-        self.config = inner.config
-        # Borrow the model's functions so positions follow whatever transformers does for this architecture.
-        cls = type(inner)
-        self._rope_index = cls.get_rope_index
-        self._vision_positions = cls.get_vision_position_ids
+def rope_positions(model) -> RopePositions:
+    """The per-sample rope positions of `model`'s family, for `PackedCollator`."""
+    return family_of(model).rope_positions(model)
 
-    def get_vision_position_ids(self, *args, **kwargs) -> torch.Tensor:
-        return self._vision_positions(self, *args, **kwargs)
 
-    def __call__(self, encoded: dict[str, torch.Tensor]) -> torch.Tensor:
-        """`[3, L]` mrope positions of one encoded sample."""
-        positions, _ = self._rope_index(
-            self, encoded["input_ids"][None], mm_token_type_ids=encoded["mm_token_type_ids"][None],
-            image_grid_thw=encoded.get("image_grid_thw"), video_grid_thw=encoded.get("video_grid_thw"),
-            second_per_grid_ts=encoded.get("second_per_grid_ts"))
-        return positions[:, 0]
+def packing_supported(model, packing: bool) -> bool:
+    """`packing`, unless `model`'s family cannot pack exactly: then padded batches, with the reason logged."""
+    family = family_of(model)
+    if packing and not family.packing_exact:
+        log.warning("packing=true ignored for %s: %s", family.label, family.packing_fallback_reason)
+        return False
+    return packing
 
 
 class SFTDataset(Dataset):

@@ -20,13 +20,21 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from spatial_tuning.packing import MropePositions, PackedCollator, PaddedCollator, SFTDataset, pack_samples
+from spatial_tuning.packing import (
+    PackedCollator,
+    PaddedCollator,
+    SFTDataset,
+    pack_samples,
+    packing_supported,
+    rope_positions,
+)
 from spatial_tuning.sample import SpatialSample
 from spatial_tuning.sft_tokenize import cached_token_counts, describe_labels, encode_sample, token_counts
 from spatial_tuning.sft_trainer import SpatialSFTTrainer, apply_freezing, apply_lora, merged_model
 from vst_vla.atomic import atomic_directory, write_json
 from vst_vla.backbone import save_backbone
 from vst_vla.checkpoints import MarkCheckpointComplete, remove_incomplete_checkpoints, resolve_resume
+from vst_vla.families import family_of
 from vst_vla.hydra_run import resolve_out, setup_torch
 
 log = logging.getLogger(__name__)
@@ -71,10 +79,10 @@ def build_dataset(samples: Sequence[SpatialSample], counts: Sequence[int] | None
 
 def build_collator(model, processor, packing: bool):
     """The packed collator (per-sample mrope positions from the model) or the padded baseline."""
-    if packing:
+    if packing and family_of(model).packing_exact:  # train_sft logged the fallback when it is not
         # flash-attention varlen takes the whole batch as one row; the dense sdpa mask prefers a row per pack.
         one_row = model.config._attn_implementation.startswith("flash")
-        return PackedCollator(MropePositions(model), processor.tokenizer.pad_token_id, one_row=one_row)
+        return PackedCollator(rope_positions(model), processor.tokenizer.pad_token_id, one_row=one_row)
     return PaddedCollator(processor.tokenizer.pad_token_id)
 
 
@@ -153,7 +161,7 @@ def train_sft(cfg: DictConfig, model, processor, train_samples: Sequence[Spatial
               callbacks: list | None = None) -> dict[str, Any]:
     """Train on samples already in memory; returns metrics (eval loss before/after, throughput, paths)."""
     out_dir = Path(out_dir or resolve_out(cfg, "output_dir"))
-    packing, budget = bool(cfg.packing), int(cfg.max_tokens_per_pack)
+    packing, budget = packing_supported(model, bool(cfg.packing)), int(cfg.max_tokens_per_pack)
     train = build_dataset(train_samples, train_counts, processor, packing, budget)
     evaluation = build_dataset(eval_samples, eval_counts, processor, packing, budget) if eval_samples else None
     log.info("supervised example (%s): %r", train_samples[0].id,

@@ -19,9 +19,10 @@ from transformers.loss.loss_utils import ForCausalLMLoss
 
 log = logging.getLogger(__name__)
 
-# Parameter-name prefixes of the Qwen2.5-VL parts (inside `Qwen2_5_VLForConditionalGeneration`).
+# Parameter-name prefixes of the backbone parts (the same in every family's `...ForConditionalGeneration`).
 VISION_PREFIX = "model.visual."
-PROJECTOR_PREFIX = "model.visual.merger."
+# The patch merger projects vision features into the language model; Qwen3-VL adds one per deepstack layer.
+PROJECTOR_PREFIX = ("model.visual.merger.", "model.visual.deepstack_merger_list.")
 LANGUAGE_PREFIXES = ("model.language_model.", "lm_head.")
 # LoRA goes on the language model's projections only (the vision blocks reuse some of these names).
 DEFAULT_LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"

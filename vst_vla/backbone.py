@@ -1,7 +1,9 @@
 """Backbone loading: `load_backbone(cfg) -> (model, processor)`.
 
-Sources: the `tiny` preset (built offline and cached), or a local directory in Hugging Face format: Qwen2.5-VL
-3B/7B, the published VST checkpoints (`rayruiyang/VST-{3B,7B}-{SFT,RL}`) once downloaded, or our own saves.
+Sources: a tiny preset (built offline and cached: `tiny` is Qwen2.5-VL, `tiny_qwen3_vl` and `tiny_qwen3_5` the
+other families), or a local directory in Hugging Face format of any family in `vst_vla/families/`: Qwen2.5-VL
+3B/7B, the published VST checkpoints (`rayruiyang/VST-{3B,7B}-{SFT,RL}`) once downloaded, Qwen3-VL 2B/4B/8B,
+Qwen3.5, or our own saves.
 Nothing is fetched from the hub: a source that is not a local directory is an error naming the path.
 """
 
@@ -16,12 +18,11 @@ from typing import Any
 
 import torch
 
+from vst_vla.families import BackboneFamily, family_for_model_type, supported_model_types, tiny_family
 from vst_vla.runtime import resolve_attention, resolve_device, resolve_dtype
 from vst_vla.tiny import TinySpec, tiny_checkpoint
 
 log = logging.getLogger(__name__)
-
-_SUPPORTED_MODEL_TYPES = {"qwen2_5_vl"}
 
 
 @dataclass
@@ -29,6 +30,7 @@ class BackboneConfig:
     """What `load_backbone` needs; the Hydra `model/` group fills these fields."""
 
     source: str = "tiny"
+    family: str | None = None  # the family the config expects; a checkpoint of another family is logged
     seed: int = 0
     attn_implementation: str = "auto"
     dtype: str = "auto"
@@ -62,8 +64,9 @@ def tiny_spec(cfg: BackboneConfig) -> TinySpec:
 
 def resolve_source(cfg: BackboneConfig) -> Path:
     """The local checkpoint directory for `cfg.source` (building the tiny preset when asked for)."""
-    if cfg.source == "tiny":
-        return tiny_checkpoint(tiny_spec(cfg))
+    family = tiny_family(cfg.source)
+    if family is not None:
+        return tiny_checkpoint(tiny_spec(cfg), family.name)
     if cfg.source in (None, "", "???"):
         raise CheckpointError("model.source is not set: pass model.source=/path/to/a/local/checkpoint")
     path = Path(cfg.source).expanduser()
@@ -86,8 +89,8 @@ def validate_checkpoint_dir(path: Path) -> None:
     except json.JSONDecodeError as err:
         raise CheckpointError(f"{config_file} is not valid JSON: {err}") from err
     model_type = config.get("model_type")
-    if model_type not in _SUPPORTED_MODEL_TYPES:
-        raise CheckpointError(f"{config_file}: model_type={model_type!r}, expected one of {sorted(_SUPPORTED_MODEL_TYPES)}")
+    if family_for_model_type(model_type) is None:
+        raise CheckpointError(f"{config_file}: model_type={model_type!r}, expected one of {supported_model_types()}")
     weights = list(path.glob("*.safetensors")) + list(path.glob("*.safetensors.index.json"))
     if not weights:
         raise CheckpointError(f"checkpoint directory {path} has no *.safetensors weights")
@@ -101,7 +104,7 @@ def load_processor(path: Path, cfg: BackboneConfig):
     from transformers import AutoProcessor
 
     kwargs: dict[str, Any] = {}
-    if cfg.min_pixels is not None and cfg.max_pixels is not None and cfg.source != "tiny":
+    if cfg.min_pixels is not None and cfg.max_pixels is not None and tiny_family(cfg.source) is None:
         kwargs["size"] = {"shortest_edge": int(cfg.min_pixels), "longest_edge": int(cfg.max_pixels)}
     try:
         return AutoProcessor.from_pretrained(path, **kwargs)
@@ -110,7 +113,7 @@ def load_processor(path: Path, cfg: BackboneConfig):
 
 
 def load_backbone(cfg: BackboneConfig | Mapping[str, Any] | str | Path = "tiny"):
-    """Load a Qwen2.5-VL backbone and its processor. Returns `(model, processor)`.
+    """Load a backbone of any registered family and its processor. Returns `(model, processor)`.
 
     `cfg` is a `model/` config (mapping or `BackboneConfig`), or just a source: `"tiny"` or a local directory.
     Attention is flash_attention_2 on CUDA with flash-attn installed, else sdpa; dtype bf16 on GPU, fp32 on CPU.
@@ -128,9 +131,24 @@ def load_backbone(cfg: BackboneConfig | Mapping[str, Any] | str | Path = "tiny")
     except Exception as err:
         raise CheckpointError(f"cannot load model weights from {path}: {err}") from err
     model.to(device)
-    log.info("loaded backbone %s (%s, %s, %s, %.1fM params)", path, device, dtype, attention,
+    family = family_for_model_type(model.config.model_type)
+    if cfg.family and cfg.family != family.name:
+        log.warning("model.family=%s but %s is a %s checkpoint: loading it as %s", cfg.family, path, family.label,
+                    family.label)
+    log.info("loaded %s backbone %s (%s, %s, %s, %.1fM params)", family.label, path, device, dtype, attention,
              sum(p.numel() for p in model.parameters()) / 1e6)
     return model, processor
+
+
+def source_family(cfg: BackboneConfig | Mapping[str, Any] | str | Path) -> BackboneFamily:
+    """The family `cfg.source` belongs to (a tiny preset's, or the local checkpoint's `config.json` model_type)."""
+    cfg = BackboneConfig.from_any(cfg)
+    family = tiny_family(cfg.source)
+    if family is not None:
+        return family
+    path = Path(cfg.source).expanduser()
+    validate_checkpoint_dir(path)
+    return family_for_model_type(json.loads((path / "config.json").read_text()).get("model_type"))
 
 
 def save_backbone(model, processor, out_dir: str | Path) -> Path:

@@ -6,7 +6,7 @@ import importlib.metadata as md
 import platform
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from vst_vla.runtime import (
     flash_attention_available,
@@ -27,6 +27,24 @@ def _version(name: str) -> str:
         return "not installed"
 
 
+def describe_backbone(cfg: DictConfig) -> str:
+    """The backbone family `model.source` belongs to (a tiny preset's, or a local checkpoint's), or why unknown."""
+    from vst_vla.backbone import CheckpointError, source_family
+    from vst_vla.families import get_family, tiny_family
+
+    source = OmegaConf.select(cfg, "model.source", throw_on_missing=False)
+    declared = OmegaConf.select(cfg, "model.family", default=None)
+    if source in (None, "", "???"):
+        named = f"{declared} ({get_family(declared).label})" if declared else "unknown"
+        return f"{named}, model.source not set"
+    try:
+        family = source_family({"source": str(source)})
+    except CheckpointError as err:
+        return f"unknown ({err})"
+    kind = "tiny preset" if tiny_family(str(source)) else "checkpoint"
+    return f"{family.name} ({family.label}, {kind} {source})"
+
+
 def collect_info(cfg: DictConfig | None = None) -> dict[str, str]:
     """Versions, device, dtype, attention kernel and the MuJoCo renderer that works here."""
     model_cfg = cfg.model if cfg is not None and "model" in cfg else {}
@@ -38,6 +56,8 @@ def collect_info(cfg: DictConfig | None = None) -> dict[str, str]:
     info["dtype"] = str(resolve_dtype(model_cfg.get("dtype", "auto"), device)).replace("torch.", "")
     info["attention"] = resolve_attention(model_cfg.get("attn_implementation", "auto"), device)
     info["flash-attn usable"] = str(flash_attention_available())
+    if cfg is not None and "model" in cfg:  # without a model config there is no backbone to name
+        info["backbone family"] = describe_backbone(cfg)
     info["torch threads"] = str(torch.get_num_threads())
     try:
         info["mujoco renderer"] = select_mujoco_renderer()

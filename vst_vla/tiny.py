@@ -1,9 +1,10 @@
-"""The `tiny` preset: a real Qwen2.5-VL at toy size, randomly initialised, with an offline-trained tokenizer.
+"""The tiny presets: a real backbone of each family at toy size, randomly initialised, with an offline tokenizer.
 
 Nothing is downloaded: the tokenizer is a byte-level BPE trained with `tokenizers` on a built-in corpus, using
-the Qwen2 pre-tokenizer and every Qwen2.5-VL special token; the processor is the stock `Qwen2_5_VLProcessor`
-with its image and video processors; the chat template is Qwen2.5-VL's. The built checkpoint is a normal
-Hugging Face directory, cached on disk and keyed by the preset's dimensions and seed.
+the Qwen2 pre-tokenizer and every special token of the family; the processor is the family's stock processor
+with its image and video processors; the chat template is the family's. `tiny` is Qwen2.5-VL (this module's
+own recipe, below); `tiny_qwen3_vl` and `tiny_qwen3_5` come from `vst_vla/families/`. The built checkpoint is a
+normal Hugging Face directory, cached on disk and keyed by the preset's family, dimensions and seed.
 """
 
 from __future__ import annotations
@@ -14,14 +15,19 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from vst_vla.atomic import reset_modes
 from vst_vla.paths import cache_dir
 from vst_vla.tokenizer_corpus import tokenizer_corpus
+
+if TYPE_CHECKING:
+    from vst_vla.families.base import BackboneFamily
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +82,18 @@ _BUILD_VERSION = 1  # bump when the build recipe changes so stale caches are reb
 
 
 def build_tokenizer(spec: TinySpec):
-    """Train a byte-level BPE with the Qwen2 split pattern on the built-in corpus; wrap it as `Qwen2Tokenizer`."""
+    """The Qwen2.5-VL tiny tokenizer: a BPE trained offline, wrapped as `Qwen2Tokenizer`."""
+    from transformers import Qwen2Tokenizer
+
+    return train_tokenizer(spec, QWEN2_5_VL_SPECIAL_TOKENS, _NOT_SPECIAL, Qwen2Tokenizer, QWEN2_5_VL_CHAT_TEMPLATE)
+
+
+def train_tokenizer(spec: TinySpec, special_tokens: Sequence[str], not_special: Collection[str], tokenizer_cls,
+                    chat_template: str):
+    """Train a byte-level BPE with the Qwen2 split pattern on the built-in corpus; wrap it as `tokenizer_cls`
+    with `special_tokens` added right after the BPE vocabulary (those in `not_special` as ordinary tokens)."""
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-    from transformers import AddedToken, Qwen2Tokenizer
+    from transformers import AddedToken
     from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
     bpe = Tokenizer(models.BPE())
@@ -88,18 +103,17 @@ def build_tokenizer(spec: TinySpec):
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
     ])
     bpe.decoder = decoders.ByteLevel()
-    n_bpe = spec.vocab_size - len(QWEN2_5_VL_SPECIAL_TOKENS)
+    n_bpe = spec.vocab_size - len(special_tokens)
     trainer = trainers.BpeTrainer(vocab_size=n_bpe, min_frequency=2, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=[])
     bpe.train_from_iterator(tokenizer_corpus(spec.seed), trainer=trainer)
     state = json.loads(bpe.to_str())["model"]
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["merges"]]
-    tokenizer = Qwen2Tokenizer(vocab=state["vocab"], merges=merges, unk_token=None, bos_token=None,
-                               eos_token="<|im_end|>", pad_token="<|endoftext|>", errors="replace",
-                               model_max_length=32768, clean_up_tokenization_spaces=False, split_special_tokens=False)
-    tokenizer.add_tokens([AddedToken(t, special=t not in _NOT_SPECIAL, normalized=False)
-                          for t in QWEN2_5_VL_SPECIAL_TOKENS])
-    tokenizer.chat_template = QWEN2_5_VL_CHAT_TEMPLATE
+    tokenizer = tokenizer_cls(vocab=state["vocab"], merges=merges, unk_token=None, bos_token=None,
+                              eos_token="<|im_end|>", pad_token="<|endoftext|>", errors="replace",
+                              model_max_length=32768, clean_up_tokenization_spaces=False, split_special_tokens=False)
+    tokenizer.add_tokens([AddedToken(t, special=t not in not_special, normalized=False) for t in special_tokens])
+    tokenizer.chat_template = chat_template
     return tokenizer
 
 
@@ -143,35 +157,44 @@ def build_config(spec: TinySpec, tokenizer):
     )
 
 
-def build_tiny_checkpoint(spec: TinySpec, out_dir: Path) -> Path:
-    """Build the tiny model, tokenizer and processor from `spec` and save them as a HF directory."""
-    from transformers import Qwen2_5_VLForConditionalGeneration, set_seed
+def build_tiny_checkpoint(spec: TinySpec, out_dir: Path, family: BackboneFamily | None = None) -> Path:
+    """Build the tiny model, tokenizer and processor of `family` (default Qwen2.5-VL) from `spec` and save them
+    as a HF directory."""
+    from transformers import set_seed
 
-    tokenizer = build_tokenizer(spec)
-    processor = build_processor(tokenizer, spec.min_pixels, spec.max_pixels)
-    config = build_config(spec, tokenizer)
+    from vst_vla.families import get_family
+
+    family = family or get_family("qwen2_5_vl")
+    tokenizer = family.build_tokenizer(spec)
+    processor = family.build_processor(tokenizer, spec.min_pixels, spec.max_pixels)
+    config = family.build_config(spec, tokenizer)
     set_seed(spec.seed)
-    model = Qwen2_5_VLForConditionalGeneration._from_config(config, attn_implementation="sdpa", dtype=torch.float32)
+    model = family.model_class()._from_config(config, attn_implementation="sdpa", dtype=torch.float32)
     model.generation_config.pad_token_id = config.text_config.pad_token_id
     model.generation_config.eos_token_id = [tokenizer.convert_tokens_to_ids("<|im_end|>"),
                                             tokenizer.convert_tokens_to_ids("<|endoftext|>")]
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
-    (out_dir / "vst_vla_tiny.json").write_text(json.dumps(asdict(spec), indent=2))
+    # Qwen2.5-VL's marker keeps its original bytes (the cache key and checkpoint are unchanged by the families).
+    marker = asdict(spec) if family.name == "qwen2_5_vl" else {**asdict(spec), "family": family.name}
+    (out_dir / "vst_vla_tiny.json").write_text(json.dumps(marker, indent=2))
     return out_dir
 
 
-def tiny_checkpoint(spec: TinySpec | None = None) -> Path:
-    """Path of the cached tiny checkpoint for `spec`, building it (atomically) when it is not there yet."""
+def tiny_checkpoint(spec: TinySpec | None = None, family: str = "qwen2_5_vl") -> Path:
+    """Path of the cached tiny checkpoint of `family` for `spec`, building it (atomically) when it is not there yet."""
+    from vst_vla.families import get_family
+
     spec = spec or TinySpec()
-    final = cache_dir() / f"tiny-qwen2_5_vl-{spec.cache_key()}"
+    backbone_family = get_family(family)
+    final = cache_dir() / f"tiny-{backbone_family.name}-{backbone_family.tiny_cache_key(spec)}"
     if (final / "vst_vla_tiny.json").is_file():
         return final
-    log.info("building the tiny Qwen2.5-VL preset into %s", final)
+    log.info("building the tiny %s preset into %s", backbone_family.label, final)
     # Built in a temporary sibling and renamed, so a killed build never leaves a half-written cache entry.
     tmp = Path(tempfile.mkdtemp(prefix=final.name + ".tmp-", dir=final.parent))
     try:
-        build_tiny_checkpoint(spec, tmp)
+        build_tiny_checkpoint(spec, tmp, backbone_family)
         reset_modes(tmp)  # mkdtemp (0700) and safetensors (0600) ignore the umask; the cache is read by other users
         try:
             os.rename(tmp, final)

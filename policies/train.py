@@ -22,6 +22,7 @@ from policies.configuration_vst_vla import VSTVLAConfig
 from policies.data import dataset_stats, make_image_augmentation, open_dataset, set_features
 from policies.loading import LoadedPolicy, load_policy, new_policy, save_policy
 from vst_vla.atomic import is_complete, mark_complete, write_json
+from vst_vla.errors import UserError
 from vst_vla.hydra_run import resolve_out, setup_torch
 
 log = logging.getLogger(__name__)
@@ -120,10 +121,10 @@ def resume_checkpoint(cfg: DictConfig, out: Path) -> str | bool | None:
 
 def run(cfg: DictConfig) -> Path:
     """Train and save the policy; returns the policy directory."""
+    if OmegaConf.is_missing(cfg, "dataset_root") or not cfg.dataset_root:
+        raise UserError("dataset_root=PATH is required: a LeRobot dataset folder (e.g. from `vst-vla collect`)")
     setup_torch(cfg)
     out = resolve_out(cfg, "output_dir")
-    if cfg.dataset_root in (None, "???"):
-        raise ValueError("dataset_root is not set: pass dataset_root=/path/to/a/lerobot/dataset")
     torch.manual_seed(int(cfg.train.seed))
     loaded, dataset = build_policy(cfg, Path(cfg.dataset_root))
     log.info("training vst_vla head=%s on %s (%d frames, %d episodes)", loaded.config.head, cfg.dataset_root,

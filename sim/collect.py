@@ -24,7 +24,9 @@ from sim.experts import ScriptedExpert
 from sim.rollout import EpisodeTrace, task_episodes
 from sim.tasks import instruction
 from vst_vla.atomic import atomic_directory, write_json
+from vst_vla.errors import UserError
 from vst_vla.hydra_run import run_dir
+from vst_vla.video_decoding import quiet_torchcodec
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +117,10 @@ def collect_dataset(env_cfg: Any, root: str | Path, episodes: int, repo_id: str 
 
 def run(cfg: DictConfig) -> CollectSummary:
     """Entry point of `vst-vla collect` (config: configs/collect.yaml)."""
+    if int(cfg.episodes) < 1:
+        raise UserError(f"episodes={cfg.episodes}: collect records at least one episode per task; pass episodes=N "
+                        "with N >= 1")
+    quiet_torchcodec(video_in_use=False)  # recording encodes videos with PyAV; torchcodec only decodes
     out = Path(cfg.output_dir) if cfg.get("output_dir") else run_dir() / "dataset"
     summary = collect_dataset(cfg.env, out, episodes=int(cfg.episodes), repo_id=str(cfg.repo_id),
                               seed=int(cfg.seed), noise_std=float(cfg.noise_std), n_envs=int(cfg.n_envs),

@@ -32,6 +32,7 @@ from spatial_tuning.rewards import MODES, accuracy_reward, format_reward, parse_
 from spatial_tuning.sample import SpatialSample
 from vst_vla.atomic import atomic_directory, write_json
 from vst_vla.backbone import load_backbone, save_backbone
+from vst_vla.errors import UnsupportedHereError
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +174,7 @@ def vllm_usable(requested: Any) -> bool:
     """vLLM generation when asked for (`true`) or by default (`auto`) only with vllm installed and a GPU."""
     available = importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
     if requested in (True, "true") and not available:
-        raise RuntimeError("grpo.use_vllm=true needs the vllm package and a CUDA GPU (pip install '.[gpu]')")
+        raise UnsupportedHereError("grpo.use_vllm=true needs the vllm package and a CUDA GPU (pip install '.[gpu]')")
     return bool(available and requested in (True, "true", "auto"))
 
 

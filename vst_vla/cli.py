@@ -71,13 +71,13 @@ def run_command(name: str, argv: list[str]) -> object:
     import hydra
     from omegaconf import DictConfig
 
-    entry = _resolve(COMMANDS[name].target)
     result: dict[str, object] = {}
 
     @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=name)
     def _app(cfg: DictConfig) -> None:
         try:
-            result["value"] = entry(cfg)
+            # The stage is imported after composition: a bad override is reported without its imports' wait.
+            result["value"] = _resolve(COMMANDS[name].target)(cfg)
         except Exception as err:  # noqa: BLE001 (re-raised below: Hydra would print a partial traceback)
             result.setdefault("error", err)
 

@@ -6,7 +6,7 @@ import importlib.metadata as md
 import platform
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from vst_vla.backbone import BackboneConfig, CheckpointError, resolve_source
 from vst_vla.runtime import (
@@ -50,6 +50,8 @@ def collect_info(cfg: DictConfig | None = None) -> dict[str, str]:
 def check_model(model_cfg) -> str:
     """Validate the configured backbone cheaply (its folder, config and tokenizer; no weights are read) and
     describe it; raises `CheckpointError` naming the path and what is wrong."""
+    if OmegaConf.is_missing(model_cfg, "source"):
+        return model_cfg.source  # raises MissingMandatoryValue naming model.source: one line from the command
     if model_cfg.get("source", "tiny") == "tiny":
         return "tiny (a toy-size Qwen2.5-VL, built offline on first use and cached)"
     from transformers import AutoConfig, AutoTokenizer

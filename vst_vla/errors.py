@@ -81,8 +81,8 @@ def _omegaconf_line(exc: BaseException) -> str | None:
     if isinstance(exc, MissingMandatoryValue) and key:
         return f"{key} is required and has no value: pass {key}=VALUE on the command line"
     if isinstance(exc, (InterpolationResolutionError, ValidationError)):
-        message = getattr(exc, "msg", None) or str(exc).splitlines()[0]
-        return one_line(message) + (f" (config key {key})" if key and key not in message else "")
+        message = str(exc).splitlines()[0]  # the lines after it repeat full_key and the node type
+        return message + (f" (config key {key})" if key else "")
     return None  # other OmegaConf errors (a key our code reads is absent) are bugs
 
 

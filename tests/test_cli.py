@@ -62,8 +62,8 @@ def _error_lines(stderr: str) -> list[str]:
 
 # Reproductions of issue 13, defect 6: each printed a 7-235 line traceback (exit 1), or exited 0 (`info`).
 USER_ERRORS = {
-    "missing data file": (["sft", "data.train=[/nonexistent/train.parquet]"],
-                          "vst-vla sft: /nonexistent/train.parquet: no such file or directory"),
+    "missing data file": (["eval-spatial", "data.paths=[/nonexistent/test.parquet]"],
+                          "vst-vla eval-spatial: /nonexistent/test.parquet: no such file or directory"),
     "unknown key": (["sft", "optim.learning_rat=1e-4"], "vst-vla sft: optim.learning_rat is not a key of the sft config"),
     "unknown group option": (["vla", "head=transformer"],
                              ("vst-vla vla: head=transformer is not an option of the config group head: choose one of "
@@ -87,7 +87,8 @@ def test_a_user_error_is_one_line_on_stderr_and_exit_2(case, tmp_path):
 
 
 def test_vst_vla_debug_adds_the_traceback_before_the_same_line(tmp_path):
-    proc = _run(["vla"], tmp_path, VST_VLA_DEBUG="1")
+    args, message = USER_ERRORS["missing data file"]
+    proc = _run(args, tmp_path, VST_VLA_DEBUG="1")
     assert proc.returncode == 2
-    assert "Traceback (most recent call last)" in proc.stderr and "policies/train.py" in proc.stderr
-    assert proc.stderr.strip().splitlines()[-1].startswith("vst-vla vla: dataset_root=PATH is required")
+    assert "Traceback (most recent call last)" in proc.stderr and "spatial_tuning/readers.py" in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == message

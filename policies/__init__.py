@@ -8,6 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from vst_vla.video_decoding import quiet_torchcodec_for_lerobot_cli
+
+# `lerobot-train --policy.discover_packages_path=policies` imports this package before it builds its dataset
+# config, whose default video backend probes torchcodec: the probe's failure is one line, or none for images.
+quiet_torchcodec_for_lerobot_cli()
+
 
 def load_policy(path: str, device: str = "cpu", **overrides: Any):
     """Load a saved VST-VLA policy directory with its pre/post-processors (see `policies.loading`)."""

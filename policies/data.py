@@ -22,6 +22,7 @@ from lerobot.utils.constants import ACTION, OBS_STATE
 
 from policies.configuration_vst_vla import VSTVLAConfig
 from policies.processor_vst_vla import NormalizationError
+from vst_vla.video_decoding import dataset_has_video, quiet_torchcodec
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ def open_dataset(root: str | Path, config: VSTVLAConfig | None = None, image_tra
     if not (root / "meta" / "info.json").is_file():
         raise FileNotFoundError(f"{root} is not a LeRobot dataset (no meta/info.json)")
     repo_id = f"local/{root.name}"
+    quiet_torchcodec(video_in_use=dataset_has_video(root))  # image datasets never need torchcodec
     if config is None:
         return LeRobotDataset(repo_id, root=root, episodes=episodes)
     fps = LeRobotDatasetMetadata(repo_id, root=root).fps

@@ -31,6 +31,7 @@ from policies.data import (
 from policies.loading import LoadedPolicy, load_policy, new_policy, save_policy
 from vst_vla.atomic import write_json
 from vst_vla.checkpoints import MarkCheckpointComplete, remove_incomplete_checkpoints, resolve_resume
+from vst_vla.errors import UserError
 from vst_vla.hydra_run import resolve_out, setup_torch
 
 log = logging.getLogger(__name__)
@@ -122,10 +123,10 @@ def resume_checkpoint(cfg: DictConfig, out: Path) -> str | None:
 
 def run(cfg: DictConfig) -> Path:
     """Train and save the policy; returns the policy directory."""
+    if OmegaConf.is_missing(cfg, "dataset_root") or not cfg.dataset_root:
+        raise UserError("dataset_root=PATH is required: a LeRobot dataset folder (e.g. from `vst-vla collect`)")
     setup_torch(cfg)
     out = resolve_out(cfg, "output_dir")
-    if cfg.dataset_root in (None, "???"):
-        raise ValueError("dataset_root is not set: pass dataset_root=/path/to/a/lerobot/dataset")
     resume = resume_checkpoint(cfg, out)  # before loading anything: a setting that cannot work fails at once
     remove_incomplete_checkpoints(out / "checkpoints")
     torch.manual_seed(int(cfg.train.seed))

@@ -40,6 +40,7 @@ from sim.tasks import instruction
 from vst_vla.atomic import atomic_directory, reusable, write_bytes, write_json
 from vst_vla.errors import UserError
 from vst_vla.hydra_run import run_dir
+from vst_vla.video_decoding import quiet_torchcodec
 
 log = logging.getLogger(__name__)
 
@@ -222,6 +223,10 @@ def _read_summary(root: Path) -> dict[str, Any]:
 
 def run(cfg: DictConfig) -> CollectSummary:
     """Entry point of `vst-vla collect` (config: configs/collect.yaml)."""
+    if int(cfg.episodes) < 1:
+        raise UserError(f"episodes={cfg.episodes}: collect records at least one episode per task; pass episodes=N "
+                        "with N >= 1")
+    quiet_torchcodec(video_in_use=False)  # recording encodes videos with PyAV; torchcodec only decodes
     out = Path(cfg.output_dir) if cfg.get("output_dir") else run_dir() / "dataset"
     summary = collect_dataset(cfg.env, out, episodes=int(cfg.episodes), repo_id=str(cfg.repo_id),
                               seed=int(cfg.seed), noise_std=float(cfg.noise_std), n_envs=int(cfg.n_envs),

@@ -51,6 +51,7 @@ from spatial_tuning.sft_trainer import BackboneCheckpointLoading
 from vst_vla.atomic import atomic_directory, write_json, write_text
 from vst_vla.backbone import load_backbone, save_backbone
 from vst_vla.checkpoints import MarkCheckpointComplete, remove_incomplete_checkpoints, resolve_resume
+from vst_vla.errors import UnsupportedHereError
 from vst_vla.families import family_of
 
 log = logging.getLogger(__name__)
@@ -238,7 +239,7 @@ def vllm_usable(requested: Any) -> bool:
     """vLLM generation when asked for (`true`) or by default (`auto`) only with vllm installed and a GPU."""
     available = importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
     if requested in (True, "true") and not available:
-        raise RuntimeError("grpo.use_vllm=true needs the vllm package and a CUDA GPU (pip install '.[gpu]')")
+        raise UnsupportedHereError("grpo.use_vllm=true needs the vllm package and a CUDA GPU (pip install '.[gpu]')")
     return bool(available and requested in (True, "true", "auto"))
 
 

@@ -32,6 +32,8 @@ def lerobot_checkpoint(tmp_path_factory) -> Path:
     proc = subprocess.run(command, check=False, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "step:2" in proc.stderr + proc.stdout
+    # Issue 13: torchcodec's load failure (no FFmpeg here) printed a 106-line traceback twice for PNG frames.
+    assert "libtorchcodec" not in proc.stderr + proc.stdout and "cannot be loaded" not in proc.stderr
     return tmp / "train" / "checkpoints" / "000002" / "pretrained_model"
 
 

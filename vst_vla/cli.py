@@ -2,15 +2,18 @@
 
 `vst-vla <command> [hydra overrides...]` composes `configs/<command>.yaml` and runs the stage's entry point
 with the resolved config. Each run writes under `outputs/<command>/<date>/<time>/` with the resolved config
-saved by Hydra in `.hydra/`.
+saved by Hydra in `.hydra/`. A failure is one line on stderr, exit 2 for a user error and 1 for a bug
+(`vst_vla.errors`); `VST_VLA_DEBUG=1` or `hydra.verbose=true` adds the traceback.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from dataclasses import dataclass
 
+from vst_vla.errors import EXIT_INTERRUPTED, debug_requested, report_failure
 from vst_vla.paths import config_dir
 
 
@@ -60,28 +63,44 @@ def _resolve(target: str):
 
 
 def run_command(name: str, argv: list[str]) -> object:
-    """Run command `name` as a Hydra app with `argv` as its overrides and flags."""
+    """Run command `name` as a Hydra app with `argv` as its overrides and flags.
+
+    Errors propagate as the original exceptions (Hydra's own reporting, which prints a partial traceback, is
+    bypassed), so the caller decides how to show them.
+    """
     import hydra
     from omegaconf import DictConfig
 
-    entry = _resolve(COMMANDS[name].target)
     result: dict[str, object] = {}
 
     @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=name)
     def _app(cfg: DictConfig) -> None:
-        result["value"] = entry(cfg)
+        try:
+            # The stage is imported after composition: a bad override is reported without its imports' wait.
+            result["value"] = _resolve(COMMANDS[name].target)(cfg)
+        except Exception as err:  # noqa: BLE001 (re-raised below: Hydra would print a partial traceback)
+            result.setdefault("error", err)
 
-    saved_argv = sys.argv
+    saved_argv, saved_full_error = sys.argv, os.environ.get("HYDRA_FULL_ERROR")
     # Hydra reads sys.argv; it names the job after argv[0], which is how runs land in outputs/<command>/.
     sys.argv = [name, f"hydra.job.name={name}", *argv]
+    # HYDRA_FULL_ERROR makes Hydra re-raise composition errors (bad override, unknown option) untouched.
+    os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         _app()
     finally:
         sys.argv = saved_argv
+        if saved_full_error is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = saved_full_error
+    if "error" in result:
+        raise result["error"]  # type: ignore[misc]
     return result.get("value")
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`vst-vla <command> [overrides]`: 0 on success, 2 for a user error, 1 for a bug (see `vst_vla.errors`)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in {"-h", "--help", "help"}:
         print(_usage())
@@ -93,12 +112,20 @@ def main(argv: list[str] | None = None) -> int:
     # MuJoCo binds its GL backend when first imported, so the offscreen renderer is chosen before any stage
     # imports it (a child of the pipeline inherits the parent's checked choice and skips the probe).
     from vst_vla.runtime import select_mujoco_renderer
+    from vst_vla.video_decoding import quiet_torchcodec
 
     try:
         select_mujoco_renderer()
     except RuntimeError as err:  # only the stages that render need it; they fail later with GL errors
         print(f"vst-vla: warning: {err}", file=sys.stderr)
-    run_command(name, rest)
+    quiet_torchcodec()
+    try:
+        run_command(name, rest)
+    except KeyboardInterrupt:
+        print(f"vst-vla {name}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as err:  # noqa: BLE001 (every failure becomes one line; see vst_vla.errors)
+        return report_failure(name, err, debug=debug_requested(rest))
     return 0
 
 

@@ -1,4 +1,4 @@
-"""`vst-vla info`: what this installation runs on."""
+"""`vst-vla info`: what this installation runs on, and whether the configured model loads."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import platform
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from vst_vla.backbone import BackboneConfig, CheckpointError, resolve_source
 from vst_vla.runtime import (
     flash_attention_available,
     resolve_attention,
@@ -66,9 +67,33 @@ def collect_info(cfg: DictConfig | None = None) -> dict[str, str]:
     return info
 
 
+def check_model(model_cfg) -> str:
+    """Validate the configured backbone cheaply (its folder, config and tokenizer; no weights are read) and
+    describe it; raises `CheckpointError` naming the path and what is wrong."""
+    if OmegaConf.is_missing(model_cfg, "source"):
+        return model_cfg.source  # raises MissingMandatoryValue naming model.source: one line from the command
+    if model_cfg.get("source", "tiny") == "tiny":
+        return "tiny (a toy-size Qwen2.5-VL, built offline on first use and cached)"
+    from transformers import AutoConfig, AutoTokenizer
+
+    path = resolve_source(BackboneConfig.from_any(model_cfg))
+    try:
+        config = AutoConfig.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except Exception as err:  # transformers raises many kinds; the path and the reason are the story
+        raise CheckpointError(f"cannot load the config or tokenizer of {path}: {err}") from err
+    text = getattr(config, "text_config", config)
+    return (f"{path} ({config.model_type}, text hidden {text.hidden_size} x {text.num_hidden_layers} layers, "
+            f"{len(tokenizer)} tokens)")
+
+
 def run(cfg: DictConfig) -> dict[str, str]:
+    """Print what this installation runs on, then check the configured model (`model.source`)."""
     info = collect_info(cfg)
     width = max(len(k) for k in info)
     for key, value in info.items():
         print(f"{key.ljust(width)}  {value}")
+    if cfg is not None and "model" in cfg:
+        info["model"] = check_model(cfg.model)
+        print(f"{'model'.ljust(width)}  {info['model']}")
     return info

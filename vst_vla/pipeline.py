@@ -26,6 +26,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from vst_vla.atomic import write_json
+from vst_vla.errors import EXIT_USER_ERROR, UserError
 from vst_vla.hydra_run import resolve_out
 
 log = logging.getLogger(__name__)
@@ -136,8 +137,9 @@ def run_stage(stage: Stage, layout: Layout, cfg: DictConfig) -> dict:
             sys.stdout.flush()
         code = proc.wait()
     seconds = time.perf_counter() - started
-    if code != 0:
-        raise RuntimeError(f"pipeline stage {stage.name!r} failed (exit {code}); its log: {log_file}")
+    if code != 0:  # the stage's own one-line error is the last line of its log; exit 2 stays a user error
+        failure = UserError if code == EXIT_USER_ERROR else RuntimeError
+        raise failure(f"pipeline stage {stage.name!r} failed (exit {code}); its log: {log_file}")
     if not (stage_dir / stage.artifact).exists():
         raise RuntimeError(f"pipeline stage {stage.name!r} exited 0 but wrote no {stage_dir / stage.artifact}")
     record = {"stage": stage.name, "command": stage.command, "seconds": round(seconds, 1), "argv": argv[2:]}

@@ -13,6 +13,8 @@ import sys
 
 import torch
 
+from vst_vla.errors import UnsupportedHereError
+
 log = logging.getLogger(__name__)
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -52,7 +54,7 @@ def resolve_attention(attn_implementation: str | None, device: torch.device) -> 
         raise ValueError(f"model.attn_implementation={attn_implementation!r} is not one of auto, "
                          f"{', '.join(sorted(_ATTENTION))}")
     if attn_implementation.startswith("flash") and not flash_attention_available():
-        raise RuntimeError(f"model.attn_implementation={attn_implementation} needs CUDA and the flash-attn "
+        raise UnsupportedHereError(f"model.attn_implementation={attn_implementation} needs CUDA and the flash-attn "
                            "package (pip install '.[gpu]'); use auto or sdpa on this machine")
     return attn_implementation
 
@@ -68,7 +70,8 @@ _PROBE = ("import mujoco; m = mujoco.MjModel.from_xml_string('<mujoco><worldbody
 def _renderer_works(backend: str) -> tuple[bool, str]:
     # A failed GL backend can abort the interpreter, so each one is probed in a child process.
     env = dict(os.environ, MUJOCO_GL=backend, PYOPENGL_PLATFORM=backend)
-    proc = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True, timeout=60,
+                          check=False)
     return proc.returncode == 0, proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ""
 
 
@@ -93,3 +96,4 @@ def select_mujoco_renderer(candidates: tuple[str, ...] = ("egl", "osmesa")) -> s
         errors.append(f"{backend}: {err or 'failed'}; needs {_RENDERER_PACKAGES.get(backend, 'a working GL')}")
     raise RuntimeError("No MuJoCo offscreen renderer works on this machine.\n  " + "\n  ".join(errors)
                        + "\nInstall one of the packages above, or set MUJOCO_GL to a backend that works.")
+

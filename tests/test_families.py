@@ -57,15 +57,24 @@ def _logits(model, encoded) -> torch.Tensor:
 
 
 def test_qwen2_5_vl_tiny_preset_is_unchanged(tiny_checkpoint_dir, tiny_backbone):
-    # Fingerprint taken on main before the families existed (same toy sample, same cache key, same weights).
+    # Fingerprint of the preset built by the code before the families existed (commit b009362, same cache key,
+    # model.safetensors sha256 6747a7da...), on a fixed input that no data-pipeline change can move: a chat
+    # with one 56x56 image (4 merged image tokens) and seeded pixel patches.
     assert tiny_checkpoint_dir.name == "tiny-qwen2_5_vl-f0acb10706b3"
     model, processor = tiny_backbone
     assert family_of(model).name == "qwen2_5_vl"
-    logits = _logits(model, encode_sample(toy_spatial_samples(2, seed=3)[0], processor))
-    assert logits.double().sum().item() == pytest.approx(152.4136485061604, abs=1e-6)
-    torch.testing.assert_close(logits[0, -1, :5], torch.tensor([-0.042392417788505554, 0.13548295199871063,
-                                                                -0.3605557978153229, 0.28640374541282654,
-                                                                -0.14652754366397858]), atol=1e-7, rtol=0)
+    text = ("<|im_start|>user\n<|vision_start|>" + "<|image_pad|>" * 4 + "<|vision_end|>How far is the cube?"
+            "<|im_end|>\n<|im_start|>assistant\n")
+    encoded = processor.tokenizer(text, return_tensors="pt")
+    pixels = torch.rand(16, 3 * 2 * 14 * 14, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits = model(input_ids=encoded.input_ids, attention_mask=encoded.attention_mask, pixel_values=pixels,
+                       image_grid_thw=torch.tensor([[1, 4, 4]])).logits
+    assert encoded.input_ids.shape == (1, 25)
+    assert logits.double().sum().item() == pytest.approx(92.4544479055894, abs=1e-6)
+    torch.testing.assert_close(logits[0, -1, :5], torch.tensor([0.4387970268726349, 0.4668395519256592,
+                                                                -0.16125932335853577, 0.01861746981739998,
+                                                                -0.11538123339414597]), atol=1e-7, rtol=0)
 
 
 def test_tiny_preset_is_the_real_family_at_toy_size(backbone):

@@ -19,10 +19,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from sim.env_spec import EnvSpec, env_spec
-from sim.experts import ScriptedExpert
+from sim.env_spec import EnvSpec, env_spec, scripted_expert
 from sim.rollout import EpisodeTrace, task_episodes
-from sim.tasks import instruction
 from vst_vla.atomic import atomic_directory, write_json
 from vst_vla.hydra_run import run_dir
 
@@ -73,7 +71,7 @@ def collect_dataset(env_cfg: Any, root: str | Path, episodes: int, repo_id: str 
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
     spec = env_spec(env_cfg, video=video, include_env_state=record_environment_state)
-    expert = ScriptedExpert(noise_std=noise_std, seed=seed)
+    expert = scripted_expert(str(env_cfg.get("name", "metaworld")), noise_std=noise_std, seed=seed)
     n_envs = max(1, min(int(n_envs), int(episodes)))
     per_task = {task: {"attempted": 0, "kept": 0, "dropped": 0} for task in spec.tasks}
     steps, frames, started = 0, 0, time.perf_counter()
@@ -81,7 +79,7 @@ def collect_dataset(env_cfg: Any, root: str | Path, episodes: int, repo_id: str 
     with atomic_directory(root, overwrite=overwrite) as tmp:
         tmp.rmdir()  # LeRobotDataset.create insists on making the root itself
         dataset = LeRobotDataset.create(repo_id=repo_id, fps=spec.fps, features=spec.features, root=tmp,
-                                        robot_type="sawyer", use_videos=video)
+                                        robot_type=spec.robot_type, use_videos=video)
         with closing(task_episodes(env_cfg, spec.tasks, expert, episodes, n_envs, vector_mode, seed,
                                    spec.max_episode_steps, record=True, progress=bar)) as traces:
             for task, trace in traces:
@@ -89,7 +87,7 @@ def collect_dataset(env_cfg: Any, root: str | Path, episodes: int, repo_id: str 
                 steps += trace.length
                 counts["attempted"] += 1
                 if trace.success or keep_failed:
-                    _write_episode(dataset, trace, spec, instruction(task))
+                    _write_episode(dataset, trace, spec, spec.instructions[task])
                     counts["kept"] += 1
                     frames += trace.length
                 else:

@@ -67,6 +67,7 @@ class _Plan:
     steps_in_phase: int = 0
     orientation: Rotation | None = None
     grasp: np.ndarray = field(default_factory=lambda: np.zeros(3))
+    hold: np.ndarray | None = None  # fingertip minus object position once grasped (the object may have slid)
 
 
 class LiberoPickPlaceExpert:
@@ -102,8 +103,9 @@ class LiberoPickPlaceExpert:
         obj_pos, target_pos = goal[0:3], goal[7:10]
         if plan.phase <= 1:  # the grasp point follows the object until the fingers close
             plan.grasp = obj_pos + np.asarray(style.grasp_offset)
-        lift = max(plan.grasp[2], target_pos[2] + style.place_height) + HOVER
-        place = target_pos + np.asarray(style.grasp_offset) + [0.0, 0.0, style.place_height]
+        hold = np.asarray(style.grasp_offset) if plan.hold is None else plan.hold
+        place = target_pos + hold + [0.0, 0.0, style.place_height]
+        lift = max(plan.grasp[2], place[2]) + HOVER
         return {
             0: (plan.grasp + [0, 0, HOVER], -1.0),
             1: (plan.grasp, -1.0),
@@ -125,6 +127,8 @@ class LiberoPickPlaceExpert:
         reached = plan.steps_in_phase >= timed if timed else np.linalg.norm(error) < TOLERANCE
         if reached or plan.steps_in_phase >= PHASE_LIMIT:
             plan.phase, plan.steps_in_phase = plan.phase + 1, 0
+            if plan.phase == 3:  # closed: carry the object as it sits in the hand
+                plan.hold = eef - goal[0:3]
             target, gripper = self._waypoint(plan, goal, style)
             error = target - eef
         plan.steps_in_phase += 1

@@ -5,7 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from sim.env_spec import EnvSpec
-from sim.libero_env import ENV_STATE_DIM, libero_env_kwargs, libero_instruction, resolve_libero_tasks, split_task
+from sim.libero_env import (
+    ENV_STATE_DIM,
+    libero_env_kwargs,
+    libero_instruction,
+    resolve_libero_tasks,
+    split_task,
+)
 from sim.libero_protocol import (
     ACTION_DIM,
     ACTION_NAMES,

@@ -11,6 +11,8 @@ Actions are 7-D OSC_POSE deltas in [-1, 1] (gripper -1 open, +1 close). `reset(s
 state `s mod 50` of the task (eval's default seed 1000 -> states 0..49, openpi's order), then runs the 10
 no-op wait steps; `init_states=false` samples a fresh placement from the task's BDDL regions instead. The
 episode terminates on the env's `check_success()` and is truncated after the suite's step budget.
+`hard_reset` (robosuite's, on by default as in openpi and LeRobot) rebuilds the MuJoCo model on every reset;
+off, a reset only restores the init state (much faster, the model is built once).
 
 A task is named `<suite>/<task id>` (`libero_spatial/0`); `task_description` is its language instruction.
 The simulator is built on first reset, so a factory can be sent to an `AsyncVectorEnv` worker.
@@ -117,7 +119,7 @@ class LiberoEnv(gym.Env):
     def __init__(self, task: str, cameras: Sequence[str] = tuple(CAMERA_KEYS), image_size: int = 128,
                  max_episode_steps: int | None = None, num_steps_wait: int = NUM_STEPS_WAIT,
                  init_states: bool = True, privileged_state: bool = True, terminate_on_success: bool = True,
-                 render_mode: str = "rgb_array") -> None:
+                 hard_reset: bool = True, render_mode: str = "rgb_array") -> None:
         super().__init__()
         self.suite, self.task_id = split_task(task)
         self.task = task
@@ -131,6 +133,7 @@ class LiberoEnv(gym.Env):
         self.init_states = bool(init_states)
         self.privileged_state = bool(privileged_state)
         self.terminate_on_success = bool(terminate_on_success)
+        self.hard_reset = bool(hard_reset)
         self.render_mode = render_mode
         self.observation_space = spaces.Dict(self._observation_spaces())
         self.action_space = spaces.Box(-1.0, 1.0, shape=(ACTION_DIM,), dtype=np.float32)
@@ -160,7 +163,7 @@ class LiberoEnv(gym.Env):
         self._init_state_table = np.asarray(init_states)
         self._env = OffScreenRenderEnv(bddl_file_name=bddl, camera_names=list(self.cameras),
                                        camera_heights=self.image_size, camera_widths=self.image_size,
-                                       control_freq=CONTROL_FPS)
+                                       control_freq=CONTROL_FPS, hard_reset=self.hard_reset)
 
     @property
     def raw_env(self) -> Any:
@@ -245,7 +248,8 @@ def libero_env_kwargs(env_cfg: Any) -> dict[str, Any]:
             "num_steps_wait": int(env_cfg.get("num_steps_wait", NUM_STEPS_WAIT)),
             "init_states": bool(env_cfg.get("init_states", True)),
             "privileged_state": bool(env_cfg.get("privileged_state", True)),
-            "terminate_on_success": bool(env_cfg.get("terminate_on_success", True))}
+            "terminate_on_success": bool(env_cfg.get("terminate_on_success", True)),
+            "hard_reset": bool(env_cfg.get("hard_reset", True))}
 
 
 def libero_env_factory(task: str, **kwargs: Any) -> Callable[[], LiberoEnv]:

@@ -26,7 +26,7 @@ libero = pytest.importorskip("libero.libero", reason="the LIBERO simulator is th
 def env():
     from sim.libero_env import LiberoEnv
 
-    env = LiberoEnv(TASK, image_size=SIZE)
+    env = LiberoEnv(TASK, image_size=SIZE, hard_reset=False)  # the model is built once for the module
     yield env
     env.close()
 

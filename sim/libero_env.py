@@ -207,7 +207,8 @@ class LiberoEnv(gym.Env):
         self._ensure_env()
         seed = 0 if seed is None else int(seed)
         self._env.seed(seed)
-        np.random.seed(seed % 2**32)  # robosuite's placement samplers draw from numpy's global generator
+        if not self.init_states:  # robosuite's placement samplers draw from numpy's global generator
+            np.random.seed(seed % 2**32)
         self._raw_obs = self._env.reset()
         if self.init_states:
             self.init_state_index = seed % len(self._init_state_table)

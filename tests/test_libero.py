@@ -67,7 +67,7 @@ def test_eval_sim_runs_libero_with_seven_dim_actions(compose):
     from sim.rollout import evaluate
 
     cfg = compose("eval-sim", ["env=libero", f"task={TASK}", f"env.image_size={SIZE}", "env.max_episode_steps=3",
-                               "policy=random", "policy.action_dim=7"])
+                               "env.hard_reset=false", "policy=random", "policy.action_dim=7"])
     result = evaluate(instantiate(cfg.policy), cfg.env, n_episodes=1, n_envs=1, vector_mode="sync", progress=False)
     assert result.n_episodes == 1 and result.episodes[0].length == 3 and result.meta["tasks"] == [TASK]
     assert result.meta["camera"] == "observation.images.image"
@@ -80,7 +80,7 @@ def test_expert_succeeds_and_collect_writes_lerobots_libero_keys(tmp_path):
     from sim.collect import collect_dataset
     from sim.libero_env import libero_instruction
 
-    env_cfg = OmegaConf.create({"name": "libero", "task": TASK, "image_size": SIZE})
+    env_cfg = OmegaConf.create({"name": "libero", "task": TASK, "image_size": SIZE, "hard_reset": False})
     summary = collect_dataset(env_cfg, tmp_path / "ds", episodes=1, repo_id="local/libero", n_envs=1,
                               vector_mode="sync")
     assert summary.kept == 1, f"the expert failed {TASK}: {summary.per_task}"
@@ -124,7 +124,8 @@ def test_openpi_protocol_client_scores_a_served_policy(env):
     spec = ObservationSpec.from_features(policy.config.input_features)
     server = PolicyServer(policy, spec, ActionLimits(action_dim=7), 3, ServerConfig(port=0))
     with ServerThread(server) as port:
-        result = evaluate_served("127.0.0.1", port, [TASK], episodes=1, seed=1000, max_episode_steps=6)
+        result = evaluate_served("127.0.0.1", port, [TASK], episodes=1, seed=1000, max_episode_steps=6,
+                                 hard_reset=False)
     assert result.meta["layout"] == "lerobot" and result.episodes[0].length == 6
     assert len(policy.batches) == 2  # 6 steps from 3-action replies
     first = policy.batches[0]

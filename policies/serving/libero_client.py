@@ -140,10 +140,11 @@ def run_episode(conn: PolicyConnection, layout: RequestLayout, env: LiberoEnv, s
 
 def evaluate_served(host: str, port: int, tasks: Sequence[str], episodes: int, seed: int = 1000,
                     layout: str = "auto", replan_steps: int | None = None, api_key: str | None = None,
-                    max_episode_steps: int | None = None) -> EvalResult:
+                    max_episode_steps: int | None = None, hard_reset: bool = True) -> EvalResult:
     """Score the policy served at host:port on LIBERO `tasks`, `episodes` each (episode i: init state seed+i).
 
     `max_episode_steps` None keeps each suite's budget (the protocol); a number shortens episodes (tests).
+    `hard_reset=False` builds each task's model once instead of per episode (see `sim.libero_env`).
     """
     conn = PolicyConnection(host, port, api_key)
     started, results = time.perf_counter(), []
@@ -151,7 +152,7 @@ def evaluate_served(host: str, port: int, tasks: Sequence[str], episodes: int, s
         request_layout = RequestLayout(conn.metadata, layout)
         for task in tasks:
             env = LiberoEnv(task, cameras=list(request_layout.cameras), image_size=request_layout.render_size,
-                            max_episode_steps=max_episode_steps, privileged_state=False)
+                            max_episode_steps=max_episode_steps, privileged_state=False, hard_reset=hard_reset)
             try:
                 for i in range(episodes):
                     results.append(run_episode(conn, request_layout, env, seed + i, replan_steps))
@@ -177,12 +178,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1000, help="episode i uses init state (seed + i) mod 50")
     parser.add_argument("--layout", default="auto", choices=["auto", "lerobot", "openpi"])
     parser.add_argument("--replan-steps", type=int, default=None, help="actions executed per reply (openpi: 5)")
+    parser.add_argument("--soft-reset", action="store_true", help="build each task's model once (faster)")
     parser.add_argument("--out", default=None, help="folder for eval.json and eval.md")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     tasks = resolve_libero_tasks(args.suite, args.task_ids)
     result = evaluate_served(args.host, args.port, tasks, args.episodes, args.seed, args.layout,
-                             args.replan_steps, args.api_key)
+                             args.replan_steps, args.api_key, hard_reset=not args.soft_reset)
     if args.out:
         result.write(Path(args.out))
     print(result.summary_line())

@@ -74,7 +74,7 @@ def test_eval_sim_runs_libero_with_seven_dim_actions(compose):
 
 
 @pytest.mark.slow
-def test_expert_succeeds_and_collect_writes_lerobots_libero_keys(tmp_path):
+def test_expert_succeeds_and_collect_writes_lerobots_libero_keys_that_vla_trains_on(compose, tmp_path):
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
     from sim.collect import collect_dataset
@@ -91,6 +91,23 @@ def test_expert_succeeds_and_collect_writes_lerobots_libero_keys(tmp_path):
     assert frame["observation.images.image"].shape == (3, SIZE, SIZE)
     assert frame["task"] == libero_instruction(TASK) and dataset.meta.robot_type == "panda"
     assert dataset.meta.fps == 20
+
+    from hydra.utils import instantiate
+
+    from policies.train import run as train_vla
+    from vst_vla.paths import config_dir
+
+    policy_dir = train_vla(compose("vla", ["experiment=tiny", f"dataset_root={tmp_path / 'ds'}",
+                                           f"output_dir={tmp_path / 'vla'}", "train.max_steps=2",
+                                           "train.save_steps=2", "train.report_to=[]"]))
+    policy_cfg = OmegaConf.load(config_dir() / "policy" / "vst_vla.yaml")
+    policy_cfg.path = str(policy_dir)
+    policy = instantiate(policy_cfg)
+    policy.reset()
+    batch = {k: frame[k][None] for k in ("observation.images.image", "observation.images.image2",
+                                         "observation.state")}
+    action = policy.select_action({**batch, "task": [frame["task"]]})
+    assert action.shape == (1, 7) and torch.isfinite(action).all()
 
 
 class RecordingChunkPolicy(torch.nn.Module):

@@ -12,7 +12,8 @@ state `s mod 50` of the task (eval's default seed 1000 -> states 0..49, openpi's
 no-op wait steps; `init_states=false` samples a fresh placement from the task's BDDL regions instead. The
 episode terminates on the env's `check_success()` and is truncated after the suite's step budget.
 `hard_reset` (robosuite's, on by default as in openpi and LeRobot) rebuilds the MuJoCo model on every reset;
-off, a reset only restores the init state (much faster, the model is built once).
+off, a reset only restores the init state (much faster, the model is built once), but robosuite state carried
+over from the previous episode makes later episodes differ slightly from a fresh env's.
 
 A task is named `<suite>/<task id>` (`libero_spatial/0`); `task_description` is its language instruction.
 The simulator is built on first reset, so a factory can be sent to an `AsyncVectorEnv` worker.
@@ -219,6 +220,13 @@ class LiberoEnv(gym.Env):
             obs["observation.environment_state"] = self._goal_state()
         return obs
 
+    def _make_render_current(self) -> None:
+        # robosuite renders into whichever GL context is current and never makes its own current, so two live
+        # envs in one process (a SyncVectorEnv, a test fixture) would read each other's buffers.
+        context = getattr(self._env.env.sim, "_render_context_offscreen", None)
+        if context is not None:
+            context.gl_ctx.make_current()
+
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         """Official init state `seed mod 50` (or a seeded fresh placement), then the no-op wait steps."""
         super().reset(seed=seed)
@@ -227,7 +235,9 @@ class LiberoEnv(gym.Env):
         self._env.seed(seed)
         if not self.init_states:  # robosuite's placement samplers draw from numpy's global generator
             np.random.seed(seed % 2**32)
+        self._make_render_current()
         self._raw_obs = self._env.reset()
+        self._make_render_current()  # a hard reset built a new context
         if self.init_states:
             self.init_state_index = seed % len(self._init_state_table)
             self._raw_obs = self._env.set_init_state(self._init_state_table[self.init_state_index])
@@ -240,6 +250,7 @@ class LiberoEnv(gym.Env):
     def step(self, action: np.ndarray):
         """Apply a 7-D action; terminated on the env's success, truncated after the suite's budget."""
         action = np.clip(np.asarray(action, dtype=np.float64).reshape(ACTION_DIM), -1.0, 1.0)
+        self._make_render_current()
         self._raw_obs, reward, _, _ = self._env.step(action)
         self._steps += 1
         success = bool(self._env.check_success())

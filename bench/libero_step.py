@@ -4,7 +4,7 @@ controller per 20 Hz step) against offscreen rendering of the two cameras, at a 
     python bench/libero_step.py [--task libero_spatial/0] [--sizes 32 128 256] [--steps 30]
 
 For each size the same env is stepped with zero-motion actions (the gripper held open) with both cameras
-enabled, then with robosuite's camera observables disabled (physics, controller and the proprioceptive
+enabled (with and without shadows), then with robosuite's camera observables disabled (physics, controller and the proprioceptive
 observables only); the difference is rendering. The machine is shared, so each measurement is the fastest
 of three short runs. Needs the `libero` extra.
 """
@@ -48,9 +48,9 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[32, 128, 256])
     parser.add_argument("--steps", type=int, default=30)
     args = parser.parse_args()
-    print(f"{'px':>5} {'full s/step':>12} {'physics s/step':>15} {'render share':>13} {'steps/s':>8}")
-    for size in args.sizes:
-        env = LiberoEnv(args.task, image_size=size)
+    print(f"{'px':>5} {'shadows':>8} {'full s/step':>12} {'physics s/step':>15} {'render share':>13} {'steps/s':>8}")
+    for size, shadows in [(size, shadows) for size in args.sizes for shadows in (True, False)]:
+        env = LiberoEnv(args.task, image_size=size, shadows=shadows, hard_reset=False)
         start = time.perf_counter()
         env.reset(seed=1000)
         reset_s = time.perf_counter() - start
@@ -59,7 +59,7 @@ def main() -> None:
         physics = seconds_per_step(env, args.steps)
         env.close()
         share = max(0.0, full - physics) / full
-        print(f"{size:>5} {full:>12.3f} {physics:>15.3f} {share:>12.0%} {1 / full:>8.1f}   (build+reset {reset_s:.1f} s)")
+        print(f"{size:>5} {shadows!s:>8} {full:>12.3f} {physics:>15.3f} {share:>12.0%} {1 / full:>8.1f}   (build+reset {reset_s:.1f} s)")
 
 
 if __name__ == "__main__":

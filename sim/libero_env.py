@@ -11,6 +11,7 @@ Actions are 7-D OSC_POSE deltas in [-1, 1] (gripper -1 open, +1 close). `reset(s
 state `s mod 50` of the task (eval's default seed 1000 -> states 0..49, openpi's order), then runs the 10
 no-op wait steps; `init_states=false` samples a fresh placement from the task's BDDL regions instead. The
 episode terminates on the env's `check_success()` and is truncated after the suite's step budget.
+`shadows=false` drops shadows and reflections (the anchors render them; several times faster on a CPU).
 `hard_reset` (robosuite's, on by default as in openpi and LeRobot) rebuilds the MuJoCo model on every reset;
 off, a reset only restores the init state (much faster, the model is built once), but robosuite state carried
 over from the previous episode makes later episodes differ slightly from a fresh env's.
@@ -137,7 +138,7 @@ class LiberoEnv(gym.Env):
     def __init__(self, task: str, cameras: Sequence[str] = tuple(CAMERA_KEYS), image_size: int = 128,
                  max_episode_steps: int | None = None, num_steps_wait: int = NUM_STEPS_WAIT,
                  init_states: bool = True, privileged_state: bool = True, terminate_on_success: bool = True,
-                 hard_reset: bool = True, render_mode: str = "rgb_array") -> None:
+                 hard_reset: bool = True, shadows: bool = True, render_mode: str = "rgb_array") -> None:
         super().__init__()
         self.suite, self.task_id = split_task(task)
         self.task = task
@@ -152,6 +153,7 @@ class LiberoEnv(gym.Env):
         self.privileged_state = bool(privileged_state)
         self.terminate_on_success = bool(terminate_on_success)
         self.hard_reset = bool(hard_reset)
+        self.shadows = bool(shadows)
         self.render_mode = render_mode
         self.observation_space = spaces.Dict(self._observation_spaces())
         self.action_space = spaces.Box(-1.0, 1.0, shape=(ACTION_DIM,), dtype=np.float32)
@@ -226,6 +228,11 @@ class LiberoEnv(gym.Env):
         context = getattr(self._env.env.sim, "_render_context_offscreen", None)
         if context is not None:
             context.gl_ctx.make_current()
+            if not self.shadows:  # shadow maps dominate a CPU-rendered frame at any image size
+                import mujoco
+
+                context.scn.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
+                context.scn.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         """Official init state `seed mod 50` (or a seeded fresh placement), then the no-op wait steps."""
@@ -279,7 +286,7 @@ def libero_env_kwargs(env_cfg: Any) -> dict[str, Any]:
             "init_states": bool(env_cfg.get("init_states", True)),
             "privileged_state": bool(env_cfg.get("privileged_state", True)),
             "terminate_on_success": bool(env_cfg.get("terminate_on_success", True)),
-            "hard_reset": bool(env_cfg.get("hard_reset", True))}
+            "hard_reset": bool(env_cfg.get("hard_reset", True)), "shadows": bool(env_cfg.get("shadows", True))}
 
 
 def libero_env_factory(task: str, **kwargs: Any) -> Callable[[], LiberoEnv]:

@@ -14,7 +14,7 @@ built from those files in order once all are there, so a resumed run builds exac
 one does. A folder that is not ours is never written into (see `vst_vla.atomic`).
 
 Failed episodes are dropped by default and counted; LeRobot computes per-episode and aggregate statistics
-(`meta/stats.json`). Each frame's `task` is the MetaWorld instruction.
+(`meta/stats.json`). Each frame's `task` is the task's instruction (MetaWorld or LIBERO).
 """
 
 from __future__ import annotations
@@ -33,10 +33,8 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from sim.env_spec import EnvSpec, env_spec
-from sim.experts import ScriptedExpert
+from sim.env_spec import EnvSpec, env_spec, scripted_expert
 from sim.rollout import EpisodeTrace, task_episodes
-from sim.tasks import instruction
 from vst_vla.atomic import atomic_directory, reusable, write_bytes, write_json
 from vst_vla.errors import UserError
 from vst_vla.hydra_run import run_dir
@@ -136,7 +134,7 @@ def _build_dataset(partial: Path, spec: EnvSpec, episodes: int, repo_id: str,
     _clear_build(partial)
     build = partial / _BUILD
     dataset = LeRobotDataset.create(repo_id=repo_id, fps=spec.fps, features=spec.features, root=build,
-                                    robot_type="sawyer", use_videos=video)
+                                    robot_type=spec.robot_type, use_videos=video)
     per_task = {task: {"attempted": 0, "kept": 0, "dropped": 0} for task in spec.tasks}
     frames = 0
     for task in spec.tasks:
@@ -145,7 +143,7 @@ def _build_dataset(partial: Path, spec: EnvSpec, episodes: int, repo_id: str,
                 counts = per_task[task]
                 counts["attempted"] += 1
                 if "action" in record:
-                    frames += _write_episode(dataset, record, spec, instruction(task))
+                    frames += _write_episode(dataset, record, spec, spec.instructions[task])
                     counts["kept"] += 1
                 else:
                     counts["dropped"] += 1
@@ -189,7 +187,7 @@ def collect_dataset(env_cfg: Any, root: str | Path, episodes: int, repo_id: str 
         log.info("%s already holds this dataset; pass overwrite=true to collect it again", root)
         return CollectSummary(**{**_read_summary(root), "resumed_episodes": 0, "reused": True})
     spec = env_spec(env_cfg, video=video, include_env_state=record_environment_state)
-    expert = ScriptedExpert(noise_std=noise_std, seed=seed)
+    expert = scripted_expert(str(env_cfg.get("name", "metaworld")), noise_std=noise_std, seed=seed)
     n_envs = max(1, min(int(n_envs), int(episodes)))
     started = time.perf_counter()
     with atomic_directory(root, overwrite=overwrite, kind=DATASET_KIND, request=request, resume=True) as partial:

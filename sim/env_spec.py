@@ -18,7 +18,7 @@ from sim.metaworld_env import (
     env_kwargs,
     image_key,
 )
-from sim.tasks import resolve_tasks
+from sim.tasks import instruction, resolve_tasks
 
 VECTOR_MODES = ("sync", "async")
 
@@ -31,6 +31,8 @@ class EnvSpec:
     fps: int
     features: dict[str, dict[str, Any]] = field(default_factory=dict)
     max_episode_steps: int = 150
+    instructions: dict[str, str] = field(default_factory=dict)  # task -> the `task` text of its frames
+    robot_type: str = "sawyer"
 
     @property
     def image_keys(self) -> list[str]:
@@ -38,7 +40,11 @@ class EnvSpec:
 
 
 def env_spec(env_cfg: Any, video: bool = False, include_env_state: bool = False) -> EnvSpec:
-    """The spec of an `env/metaworld` config; `video` picks the dataset storage of the camera features."""
+    """The spec of an `env/metaworld` or `env/libero` config; `video` picks the dataset storage of the cameras."""
+    if env_cfg.get("name") == "libero":
+        from sim.libero_spec import libero_env_spec
+
+        return libero_env_spec(env_cfg, video=video, include_env_state=include_env_state)
     if env_cfg.get("name", "metaworld") != "metaworld":
         raise ValueError(f"env={env_cfg.get('name')!r} runs through LeRobot's env configs (lerobot-eval), not "
                          f"through vst-vla collect/eval-sim; see configs/env/{env_cfg.get('name')}.yaml")
@@ -52,8 +58,9 @@ def env_spec(env_cfg: Any, video: bool = False, include_env_state: bool = False)
         features["observation.environment_state"] = {"dtype": "float32", "shape": (ENV_STATE_DIM,),
                                                      "names": None}
     features["action"] = {"dtype": "float32", "shape": (ACTION_DIM,), "names": ACTION_NAMES}
-    return EnvSpec(tasks=tuple(resolve_tasks(env_cfg.get("task", "pick-place"))), fps=CONTROL_FPS,
-                   features=features, max_episode_steps=kwargs["max_episode_steps"])
+    tasks = tuple(resolve_tasks(env_cfg.get("task", "pick-place")))
+    return EnvSpec(tasks=tasks, fps=CONTROL_FPS, features=features, max_episode_steps=kwargs["max_episode_steps"],
+                   instructions={t: instruction(t) for t in tasks})
 
 
 def make_vector_env(env_cfg: Any, task: str, n_envs: int, vector_mode: str = "sync") -> gym.vector.VectorEnv:
@@ -68,9 +75,27 @@ def make_vector_env(env_cfg: Any, task: str, n_envs: int, vector_mode: str = "sy
         raise ValueError(f"vector={vector_mode!r} is not one of {', '.join(VECTOR_MODES)}")
     if n_envs < 1:
         raise ValueError(f"n_envs={n_envs} must be >= 1")
-    fns = [freeze_after_episode_end(env_factory(task, **env_kwargs(env_cfg)))] * n_envs  # one factory, n envs
+    if env_cfg.get("name") == "libero":
+        from sim.libero_env import libero_env_factory, libero_env_kwargs
+
+        factory = libero_env_factory(task, **libero_env_kwargs(env_cfg))
+    else:
+        factory = env_factory(task, **env_kwargs(env_cfg))
+    fns = [freeze_after_episode_end(factory)] * n_envs  # one factory, n envs
     if vector_mode == "sync":
         return gym.vector.SyncVectorEnv(fns, autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
     # forkserver: workers start clean, so each creates its own GL context (a forked one crashes).
     return gym.vector.AsyncVectorEnv(fns, context="forkserver", shared_memory=True,
                                      autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
+
+
+_EXPERTS = {"metaworld": "sim.experts.ScriptedExpert", "libero": "sim.libero_experts.LiberoPickPlaceExpert"}
+
+
+def scripted_expert(env_name: str = "metaworld", noise_std: float = 0.0, seed: int = 0) -> Any:
+    """The scripted expert of an env (`policy=expert` in eval-sim): MetaWorld's policies or LIBERO's pick-place."""
+    from hydra.utils import get_class
+
+    if env_name not in _EXPERTS:
+        raise ValueError(f"no scripted expert for env={env_name!r}; experts exist for {', '.join(_EXPERTS)}")
+    return get_class(_EXPERTS[env_name])(noise_std=noise_std, seed=seed)

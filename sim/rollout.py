@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from sim.env_spec import env_spec, make_vector_env
 from sim.eval_report import Episode, EvalResult, journal_episode, read_episode_journal
-from sim.metaworld_env import ACTION_DIM, image_key
+from sim.metaworld_env import image_key
 from sim.policy_io import actions_to_numpy, observation_to_batch
 from sim.video import write_mp4
 
@@ -81,11 +81,12 @@ def rollout_batch(vec_env: Any, policy: Policy, seeds: list[int], max_steps: int
         policy.seed_episodes([int(s) for s in seeds])
     obs, _ = vec_env.reset(seed=[int(s) for s in seeds], options={NEW_ROLLOUT_OPTION: True})
     task_texts = list(vec_env.call("task_description"))
+    action_dim = int(vec_env.single_action_space.shape[0])  # 4 in MetaWorld, 7 in LIBERO
     active = np.ones(n, dtype=bool)
     for _ in range(max_steps):
         batch = observation_to_batch(obs, task_texts)
         with torch.inference_mode():
-            actions = actions_to_numpy(policy.select_action(batch), n, ACTION_DIM)
+            actions = actions_to_numpy(policy.select_action(batch), n, action_dim)
         if record:
             for i in np.flatnonzero(active):
                 traces[i].observations.append({k: np.array(v[i]) for k, v in obs.items()})

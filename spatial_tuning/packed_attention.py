@@ -19,6 +19,7 @@ per image with `is_causal=False`).
 from __future__ import annotations
 
 import logging
+from itertools import pairwise
 
 import torch
 import torch.nn.functional as F
@@ -61,7 +62,7 @@ def _flash_varlen(query, key, value, starts: list[list[int]], scaling: float | N
     v = value.repeat_interleave(repeat, dim=1).transpose(1, 2).reshape(batch * length, heads, dim)
     offsets = [row * length + s for row, row_starts in enumerate(starts) for s in row_starts[:-1]] + [batch * length]
     cu_seqlens = torch.tensor(offsets, dtype=torch.int32, device=query.device)
-    longest = max(b - a for row_starts in starts for a, b in zip(row_starts[:-1], row_starts[1:]))
+    longest = max(b - a for row_starts in starts for a, b in pairwise(row_starts))
     out = varlen_attn(q, k, v, cu_seqlens, cu_seqlens, longest, longest, scale=scaling, window_size=(-1, 0))
     return out.reshape(batch, length, heads, dim)
 
@@ -73,7 +74,7 @@ def _sdpa_per_sample(query, key, value, starts: list[list[int]], scaling: float 
         pieces = [F.scaled_dot_product_attention(query[row:row + 1, :, a:b], key[row:row + 1, :, a:b],
                                                  value[row:row + 1, :, a:b], is_causal=True, scale=scaling,
                                                  enable_gqa=key.shape[1] != query.shape[1])
-                  for a, b in zip(row_starts[:-1], row_starts[1:])]
+                  for a, b in pairwise(row_starts)]
         rows.append(torch.cat(pieces, dim=2))
     return torch.cat(rows, dim=0).transpose(1, 2).contiguous()
 

@@ -44,7 +44,8 @@ def compile_policy(policy: nn.Module, mode: str = "default", backend: str = "ind
         return policy
     options = {"mode": mode} if backend == "inductor" else {}
     for module in compiled_modules(policy):
-        module.compile(backend=backend, **options)
+        if module._compiled_call_impl is None:  # heads sharing one backbone compile its language model once
+            module.compile(backend=backend, **options)
     policy._compiled_mode = (mode, backend)
     log.info("compiled policy inference (%s, %s): %d modules", backend, mode, len(compiled_modules(policy)))
     return policy

@@ -68,6 +68,9 @@ def compare_sft(base, processor, device: str, settings: SFTSettings, peak: float
                                   max_images=settings.max_images, thought_fraction=0.4)
     overrides = _training_overrides(device, settings)
     params = count_parameters(base)
+    # One untimed packed step first: the device's one-off costs (kernel selection, allocator growth) would
+    # otherwise land on whichever trainer runs first.
+    _run("warm-up", lambda m: run_packed(m, processor, samples[:2], settings.pack_tokens, 1, overrides), base, device)
     results = {
         "packed": _run("packed (ours)", lambda m: run_packed(m, processor, samples, settings.pack_tokens,
                                                              settings.packs_per_step, overrides), base, device),

@@ -60,6 +60,34 @@ def _run(name: str, fn, base, device: str) -> dict:
     return result
 
 
+@torch.no_grad()
+def packed_exactness(model, processor, samples, device: str) -> dict:
+    """Summed next-token loss of `samples` packed in one row (`sdpa_varlen`) vs run one by one (stock sdpa),
+    on this device and dtype: the packed path must not change what is learned."""
+    from spatial_tuning.packed_attention import use_varlen_attention
+    from spatial_tuning.packing import MropePositions, PackedCollator, SFTDataset
+
+    encoded = [item[0] for item in SFTDataset(samples, processor)]
+    collate = PackedCollator(MropePositions(model))
+
+    def summed_loss(batch: dict) -> float:
+        labels = batch.pop("labels").to(device)
+        inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        logits = model(**inputs).logits.float()
+        return torch.nn.functional.cross_entropy(logits[0, :-1], labels[0, 1:], reduction="sum").item()
+
+    original = model.config.text_config._attn_implementation
+    model.eval()
+    one_by_one = sum(summed_loss(collate([[e]])) for e in encoded)
+    implementation = use_varlen_attention(model)
+    try:
+        packed = summed_loss(collate([encoded]))
+    finally:
+        model.set_attn_implementation({"text_config": original})
+    return {"attention": implementation, "packed": packed, "one_by_one": one_by_one,
+            "relative_difference": abs(packed - one_by_one) / max(abs(one_by_one), 1e-12)}
+
+
 def compare_sft(base, processor, device: str, settings: SFTSettings, peak: float | None) -> dict:
     """Packed vs TRL results (tokens/s, pad fraction, MFU, peak memory) and their ratio."""
     from spatial_tuning.sft_toy import toy_spatial_samples
@@ -72,23 +100,27 @@ def compare_sft(base, processor, device: str, settings: SFTSettings, peak: float
     # otherwise land on whichever trainer runs first.
     _run("warm-up", lambda m: run_packed(m, processor, samples[:2], settings.pack_tokens, 1, overrides), base, device)
     results = {
+        "exactness": packed_exactness(base, processor, samples[:4], device),
         "packed": _run("packed (ours)", lambda m: run_packed(m, processor, samples, settings.pack_tokens,
                                                              settings.packs_per_step, overrides), base, device),
         "trl": _run("TRL SFTTrainer", lambda m: run_trl(m, processor, samples, settings.trl_batch, overrides),
                     base, device),
     }
-    for result in results.values():
+    for key in ("packed", "trl"):
+        result = results[key]
         if "error" not in result:
             result["pad_fraction"] = 1 - result["real"] / max(1, result["total"])
             result["mfu"] = model_flops_utilisation(params, result["real"], result["seconds"], peak)
-    if all("error" not in r for r in results.values()):
+    if "error" not in results["packed"] and "error" not in results["trl"]:
         results["ratio"] = results["packed"]["tokens_per_s"] / results["trl"]["tokens_per_s"]
     return results
 
 
 def sft_lines(results: dict, device_label: str) -> list[str]:
     """Printable lines of the SFT comparison, absolute figures labelled by device."""
-    lines = []
+    exact = results["exactness"]
+    lines = [(f"  packed loss ({exact['attention']}, one row) {exact['packed']:.4f} vs one by one "
+             f"{exact['one_by_one']:.4f}: relative difference {exact['relative_difference']:.1e}")]
     for key in ("trl", "packed"):
         r = results[key]
         if "error" in r:

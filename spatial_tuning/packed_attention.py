@@ -55,11 +55,12 @@ def _flash_varlen(query, key, value, starts: list[list[int]], scaling: float | N
     from torch.nn.attention.varlen import varlen_attn
 
     batch, heads, length, dim = query.shape
-    # Flash varlen takes (tokens, heads, dim); key/value heads are repeated to the query heads (GQA).
-    repeat = heads // key.shape[1]
+    kv_heads = key.shape[1]
+    # Flash varlen takes (tokens, heads, dim). The flash kernel handles grouped-query attention itself (query
+    # heads a multiple of key/value heads), so keys and values are not repeated: no 8x copies saved for backward.
     q = query.transpose(1, 2).reshape(batch * length, heads, dim)
-    k = key.repeat_interleave(repeat, dim=1).transpose(1, 2).reshape(batch * length, heads, dim)
-    v = value.repeat_interleave(repeat, dim=1).transpose(1, 2).reshape(batch * length, heads, dim)
+    k = key.transpose(1, 2).reshape(batch * length, kv_heads, dim)
+    v = value.transpose(1, 2).reshape(batch * length, kv_heads, dim)
     offsets = [row * length + s for row, row_starts in enumerate(starts) for s in row_starts[:-1]] + [batch * length]
     cu_seqlens = torch.tensor(offsets, dtype=torch.int32, device=query.device)
     longest = max(b - a for row_starts in starts for a, b in pairwise(row_starts))

@@ -131,6 +131,9 @@ def test_real_size_benchmark_runs_at_small_size(tmp_path):
     assert "device CPU" in proc.stdout and "size small" in proc.stdout
     result = json.loads(out.read_text())
     packed, trl = result["sft"]["packed"], result["sft"]["trl"]
+    # The packed path (sdpa_varlen, one row) gives the summed loss of the samples run one by one (stock sdpa).
+    exact = result["sft"]["exactness"]
+    assert exact["attention"] == "sdpa_varlen" and exact["relative_difference"] < 1e-5
     # Packed SFT on sdpa goes through sdpa_varlen: a step's packs share one row, so nothing is padded; TRL pads
     # every sample of a batch to the longest one.
     assert packed["total"] == packed["real"] and trl["total"] > trl["real"]

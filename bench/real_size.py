@@ -63,8 +63,9 @@ def settings_for(args) -> dict:
     sft_changes = {k: v for k, v in {"samples": args.samples, "pack_tokens": args.pack_tokens,
                                      "trl_batch": args.trl_batch, "image_size": args.sft_image_size}.items()
                    if v is not None}
-    policy_changes = {k: v for k, v in {"compile_mode": args.compile_mode, "repeats": args.repeats,
-                                        "image_size": args.policy_image_size}.items() if v is not None}
+    policy_changes = {k: v for k, v in {"compile_mode": args.compile_mode, "compile_scope": args.compile_scope,
+                                        "repeats": args.repeats, "image_size": args.policy_image_size}.items()
+                      if v is not None}
     preset["sft"] = dataclasses.replace(preset["sft"], **sft_changes)
     preset["policy"] = dataclasses.replace(preset["policy"], **policy_changes)
     return preset
@@ -108,7 +109,7 @@ def run_sections(args, preset: dict, model_dir: Path, root: Path, device: str, l
             print(f"  {head:<9} {text}", flush=True)
     if "latency" in args.only:
         print(f"\n[latency] one chunk from prepared inputs, best of {p.repeats}; compiled: {p.compile_backend}, "
-              f"mode {p.compile_mode}", flush=True)
+              f"mode {p.compile_mode}, scope {p.compile_scope}", flush=True)
         eager = chunk_latencies(policies, p, device, compiled=False)
         try:
             compiled = chunk_latencies(policies, p, device, compiled=True)
@@ -133,7 +134,7 @@ def run_sections(args, preset: dict, model_dir: Path, root: Path, device: str, l
         bundle = export(Path(results["load"]["path"]), root)
         modes = {"eager": False} if args.serve_eager_only else {"eager": False, "compiled": True}
         results["serve"] = {name: served_latency(bundle, root, device, preset["serve_requests"], compiled,
-                                                 p.compile_mode, p.compile_backend, preset["startup_timeout_s"])
+                                                 p, preset["startup_timeout_s"])
                             for name, compiled in modes.items()}
         print(f"\n[serve] vst-vla serve on 127.0.0.1, one client, {preset['serve_requests']} requests after 3 "
               "warm-up requests", flush=True)
@@ -155,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--policy-image-size", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--compile-mode", default=None, help="default | reduce-overhead | max-autotune...")
+    parser.add_argument("--compile-scope", default=None, choices=["language_model", "layers"])
     parser.add_argument("--serve-eager-only", action="store_true", help="skip the compiled server")
     parser.add_argument("--model-dir", type=Path, default=None, help="reuse a backbone built by an earlier run")
     parser.add_argument("--json-out", type=Path, default=None)

@@ -41,6 +41,7 @@ class PolicySettings:
     repeats: int
     compile_mode: str
     compile_backend: str
+    compile_scope: str = "language_model"
 
 
 def _config(head: str, settings: PolicySettings, device: str) -> VSTVLAConfig:
@@ -129,7 +130,7 @@ def chunk_latencies(policies: dict[str, LoadedPolicy], settings: PolicySettings,
             continue  # autoregressive decoding with a growing cache: not compiled (see policies/compiled.py)
         policy = loaded.policy
         if compiled:
-            compile_policy(policy, settings.compile_mode, settings.compile_backend)
+            compile_policy(policy, settings.compile_mode, settings.compile_backend, settings.compile_scope)
         batch = loaded.preprocessor(raw_observation(1, settings.image_size))
         inputs, state = policy.prepare_inputs(batch)
         calls[head] = _timed(functools.partial(policy.predict_from_inputs, inputs, state), device)

@@ -24,12 +24,14 @@ def export(policy_dir: Path, root: Path) -> Path:
     return export_bundle(policy_dir, root / "bundle", {"card": {"training_data": "none (real-size bench)"}})
 
 
-def served_latency(bundle: Path, root: Path, device: str, requests: int, compiled: bool, compile_mode: str,
-                   compile_backend: str, startup_timeout_s: float) -> dict:
-    """p50/p99 milliseconds of one client's requests (after 3 warm-up requests) and the server's start-up."""
+def served_latency(bundle: Path, root: Path, device: str, requests: int, compiled: bool, settings,
+                   startup_timeout_s: float) -> dict:
+    """p50/p99 milliseconds of one client's requests (after 3 warm-up requests) and the server's start-up;
+    compiled with the compile settings of `settings` (a `PolicySettings`)."""
     overrides = [f"device={device}"]
     if compiled:
-        overrides += ["compile=true", f"compile_mode={compile_mode}", f"compile_backend={compile_backend}"]
+        overrides += ["compile=true", f"compile_mode={settings.compile_mode}",
+                      f"compile_backend={settings.compile_backend}", f"compile_scope={settings.compile_scope}"]
     port = _free_port()
     start = time.perf_counter()
     try:

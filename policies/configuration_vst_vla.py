@@ -54,6 +54,7 @@ class VSTVLAConfig(PreTrainedConfig):
     compile: bool = False
     compile_mode: str = "default"
     compile_backend: str = "inductor"
+    compile_scope: str = "language_model"  # language_model (one graph) | layers (each decoder layer)
 
     # Prompt and inputs.
     prompt_template: str = PROMPT_TEMPLATE

@@ -111,13 +111,13 @@ def load_policy(path: str | Path, device: str = "cpu", n_action_steps: int | Non
                 flow_steps: int | None = None, execution_mode: str | None = None,
                 inference_delay_steps: int | None = None, temporal_ensemble_coeff: float | None = None,
                 compile: bool | None = None, compile_mode: str | None = None, compile_backend: str | None = None,
-                **_: Any) -> LoadedPolicy:
+                compile_scope: str | None = None, **_: Any) -> LoadedPolicy:
     """Load a policy directory written by `save_policy` (or a `lerobot-train` checkpoint's pretrained_model/).
 
     `n_action_steps`, `flow_steps` and the execution settings (`execution_mode`, `inference_delay_steps`,
     `temporal_ensemble_coeff`; see `policies.execution`) and compilation (`compile`, `compile_mode`,
-    `compile_backend`; see `policies.compiled`) override the saved inference settings; everything else comes
-    from the directory. A compiled policy is warmed up here, before it answers anything.
+    `compile_backend`, `compile_scope`; see `policies.compiled`) override the saved inference settings;
+    everything else comes from the directory. A compiled policy is warmed up here, before it answers anything.
     """
     path = Path(path)
     if not path.is_dir():
@@ -132,7 +132,7 @@ def load_policy(path: str | Path, device: str = "cpu", n_action_steps: int | Non
         config.flow_steps = int(flow_steps)
     execution = {"execution_mode": execution_mode, "inference_delay_steps": inference_delay_steps,
                  "temporal_ensemble_coeff": temporal_ensemble_coeff, "compile": compile, "compile_mode": compile_mode,
-                 "compile_backend": compile_backend}
+                 "compile_backend": compile_backend, "compile_scope": compile_scope}
     for name, value in execution.items():
         if value is not None:
             setattr(config, name, type(getattr(config, name))(value))
@@ -152,7 +152,7 @@ def load_policy(path: str | Path, device: str = "cpu", n_action_steps: int | Non
     if config.compile:
         from policies.compiled import compile_policy, warm_up
 
-        compile_policy(policy, config.compile_mode, config.compile_backend)
+        compile_policy(policy, config.compile_mode, config.compile_backend, config.compile_scope)
         warm_up(loaded)
     return loaded
 

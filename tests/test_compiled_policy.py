@@ -31,15 +31,15 @@ def _saved_policy(head: str, tiny_backbone, root):
     return save_policy(loaded.policy, loaded.preprocessor, loaded.postprocessor, root / head)
 
 
-@pytest.mark.parametrize("head", ["l1_chunk", "flow"])
-def test_compiled_policy_gives_eager_actions(head, tiny_backbone, tmp_path):
+@pytest.mark.parametrize(("head", "scope"), [("l1_chunk", "language_model"), ("flow", "layers")])
+def test_compiled_policy_gives_eager_actions(head, scope, tiny_backbone, tmp_path):
     path = _saved_policy(head, tiny_backbone, tmp_path)
     eager = load_policy(path)
-    compiled = load_policy(path, compile=True, compile_backend="aot_eager")
+    compiled = load_policy(path, compile=True, compile_backend="aot_eager", compile_scope=scope)
     assert compiled.config.compile and not eager.config.compile
     # Compiled in place at load time: the modules carry their compiled call, and their weights are unchanged.
-    assert all(m._compiled_call_impl is not None for m in compiled_modules(compiled.policy))
-    assert all(m._compiled_call_impl is None for m in compiled_modules(eager.policy))
+    assert all(m._compiled_call_impl is not None for m in compiled_modules(compiled.policy, scope))
+    assert all(m._compiled_call_impl is None for m in compiled_modules(eager.policy, scope))
     assert compiled.policy.state_dict().keys() == eager.policy.state_dict().keys()
 
     generator = torch.Generator().manual_seed(0)
@@ -61,3 +61,5 @@ def test_blank_observation_and_bad_mode(tiny_backbone, tmp_path):
     assert blank[CAM].shape == (1, 3, 64, 64) and blank[STATE].shape == (1, 3) and blank["task"] == ["warm up"]
     with pytest.raises(ValueError, match="compile_mode='fastest' is not one of default, reduce-overhead"):
         compile_policy(loaded.policy, mode="fastest")
+    with pytest.raises(ValueError, match="compile_scope='vision' is not one of language_model, layers"):
+        compile_policy(loaded.policy, scope="vision")

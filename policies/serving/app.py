@@ -68,7 +68,7 @@ def run(cfg: DictConfig) -> None:
     if not cfg.get("bundle"):
         raise ValueError("bundle is not set: vst-vla serve bundle=/path/to/bundle (from `vst-vla export`)")
     device = str(resolve_device(cfg.get("device", "cpu")))
-    overrides = {key: cfg[key] for key in ("compile", "compile_mode", "compile_backend") if cfg.get(key) is not None}
+    overrides = {key: cfg[key] for key in ("compile", "compile_mode", "compile_backend", "compile_scope") if cfg.get(key) is not None}
     server = build_server(str(cfg.bundle), cfg.server, device=device, verify=bool(cfg.get("verify", True)),
                           **overrides)
     if server.config.host not in ("127.0.0.1", "localhost", "::1"):

@@ -35,8 +35,8 @@ class SFTSettings:
 
 def _training_overrides(device: str, settings: SFTSettings) -> dict:
     cuda = device.startswith("cuda")
-    # On a GPU, samples are encoded (images patched) by 4 loader workers, as `trainer=gpu` does, for both trainers.
-    overrides = {"use_cpu": not cuda, "bf16": cuda, "dataloader_num_workers": 4 if cuda else 0}
+    # Loader workers stay at 0 for both trainers: the token-counting collators must run in this process.
+    overrides = {"use_cpu": not cuda, "bf16": cuda}
     if settings.gradient_checkpointing:
         overrides.update(activation_checkpointing=True, activation_checkpointing_kwargs={"use_reentrant": False})
     return overrides

@@ -10,10 +10,10 @@ runs causal attention per sample:
 - on CUDA in bf16/fp16: PyTorch's own `torch.nn.attention.varlen.varlen_attn` (flash kernel, one call per layer);
 - elsewhere: `scaled_dot_product_attention(is_causal=True)` on each sample's slice (memory linear in the pack).
 
-The implementation name is absent from transformers' mask registry, so the model builds no mask at all (as for
-a name it does not know). Calls without position ids, with a mask (padding, generation) or with query and key
-lengths that differ (a KV cache) go to stock sdpa unchanged, and so does the vision tower (it calls attention
-per image with `is_causal=False`).
+Its mask function builds no mask for unpadded input (packed rows have no padding mask), and the stock sdpa mask
+when a padding mask really pads. Calls without position ids, with a mask (padding) or with query and key lengths
+that differ (a KV cache) go to stock sdpa unchanged, and so does the vision tower (it calls attention per image
+with `is_causal=False`).
 """
 
 from __future__ import annotations
@@ -27,6 +27,9 @@ import torch.nn.functional as F
 log = logging.getLogger(__name__)
 
 VARLEN_ATTENTION = "sdpa_varlen"
+# Architectures whose text attention receives the text position ids (checked against unpacked runs in
+# tests/test_packed_attention.py); others keep transformers' dense block mask on sdpa.
+VARLEN_MODEL_TYPES = {"qwen2_5_vl"}
 
 
 def sample_boundaries(text_positions: torch.Tensor) -> list[int]:
@@ -99,11 +102,26 @@ def varlen_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: 
     return _sdpa_per_sample(query, key, value, starts, scaling), None
 
 
+def varlen_mask(batch_size: int, q_length: int, kv_length: int, q_offset: int = 0, kv_offset: int = 0,
+                attention_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor | None:
+    """transformers mask interface for `sdpa_varlen`: no mask unless a 2-D padding mask really pads (then the
+    stock sdpa mask, and the attention function takes the stock path). Packed rows come without a padding mask,
+    so their block-diagonal mask is never built: the attention function splits the samples instead."""
+    from transformers.masking_utils import sdpa_mask
+
+    if attention_mask is None or bool(attention_mask[:, -kv_length:].all()):
+        return None
+    return sdpa_mask(batch_size=batch_size, q_length=q_length, kv_length=kv_length, q_offset=q_offset,
+                     kv_offset=kv_offset, attention_mask=attention_mask, **kwargs)
+
+
 def register_varlen_attention() -> str:
-    """Register `sdpa_varlen` with transformers (idempotent); returns its name."""
+    """Register `sdpa_varlen` and its mask with transformers (idempotent); returns its name."""
     from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
 
     AttentionInterface.register(VARLEN_ATTENTION, varlen_attention_forward)
+    AttentionMaskInterface.register(VARLEN_ATTENTION, varlen_mask)
     return VARLEN_ATTENTION
 
 
@@ -115,7 +133,7 @@ def use_varlen_attention(model: torch.nn.Module) -> str:
     config = getattr(model, "config", None)
     text_config = getattr(config, "text_config", config)
     current = getattr(text_config, "_attn_implementation", None)
-    if current != "sdpa":
+    if current != "sdpa" or getattr(config, "model_type", None) not in VARLEN_MODEL_TYPES:
         return str(current)
     register_varlen_attention()
     model.set_attn_implementation({"text_config": VARLEN_ATTENTION})

@@ -86,9 +86,18 @@ def test_varlen_leaves_generation_and_flash_alone(tiny_backbone):
     model, processor = tiny_backbone
     varlen = copy.deepcopy(model).eval()
     use_varlen_attention(varlen)
-    prompt = processor.tokenizer("where is the red block?", return_tensors="pt")
+    tokenizer = copy.deepcopy(processor.tokenizer)  # the fixture is shared: pad on the left on a copy
+    tokenizer.padding_side = "left"
+    # A left-padded batch: the padding mask must still reach attention (a dropped mask changes the short row).
+    prompt = tokenizer(["where is the red block?", "pick up the green cup next to the plate on the left"],
+                       return_tensors="pt", padding=True)
+    assert not prompt["attention_mask"].all()
     with torch.no_grad():
         expected = model.generate(**prompt, max_new_tokens=4, do_sample=False)
         got = varlen.generate(**prompt, max_new_tokens=4, do_sample=False)
+        logits = varlen(**prompt).logits
+        reference = model(**prompt).logits
     assert torch.equal(expected, got)
+    real = prompt["attention_mask"].bool()
+    torch.testing.assert_close(logits[real], reference[real], atol=1e-5, rtol=1e-5)
     assert not packs_in_one_row("sdpa") and packs_in_one_row("flash_attention_2")

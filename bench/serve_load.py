@@ -61,26 +61,32 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(bundle: Path, port: int, root: Path, max_batch: int,
-                 max_connections: int | None = None) -> subprocess.Popen:
-    """`vst-vla serve` on 127.0.0.1:port; returns once /healthz answers."""
-    cli = Path(sys.executable).parent / "vst-vla"
+def start_server(bundle: Path, port: int, root: Path, max_batch: int, max_connections: int | None = None,
+                 overrides: list[str] | None = None, timeout_s: float = 180.0) -> subprocess.Popen:
+    """`vst-vla serve` on 127.0.0.1:port (with extra Hydra `overrides`); returns once /healthz answers."""
     env = {**os.environ, "VST_VLA_OUTPUT_ROOT": str(root / "outputs")}
+    # A file, not a pipe: nobody reads the server's log while it runs, and a full pipe would block it.
+    log_path = root / f"serve-{port}.log"
+    log_file = log_path.open("w")
     extra = [] if max_connections is None else [f"server.max_connections={max_connections}"]
-    process = subprocess.Popen([str(cli), "serve", f"bundle={bundle}", f"server.port={port}",
-                                f"server.max_batch={max_batch}", *extra], env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 180
+    # The command as installed; `python -m vst_vla.cli` where only the sources are on the path (a GPU machine).
+    cli = Path(sys.executable).parent / "vst-vla"
+    command = [str(cli)] if cli.exists() else [sys.executable, "-m", "vst_vla.cli"]
+    process = subprocess.Popen([*command, "serve", f"bundle={bundle}", f"server.port={port}",
+                                f"server.max_batch={max_batch}", *extra, *(overrides or [])], env=env,
+                               stdout=subprocess.DEVNULL, stderr=log_file, text=True)
+    log_file.close()  # the child holds its own copy
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"vst-vla serve exited:\n{process.stderr.read()[-3000:]}")
+            raise RuntimeError(f"vst-vla serve exited:\n{log_path.read_text()[-3000:]}")
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
             return process
         except OSError:
             time.sleep(0.3)
     process.kill()
-    raise RuntimeError("vst-vla serve did not come up in 180 s")
+    raise RuntimeError(f"vst-vla serve did not come up in {timeout_s:.0f} s")
 
 
 async def _client(port: int, requests: int, seed: int, latencies: list[float], errors: list[str],

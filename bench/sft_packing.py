@@ -3,7 +3,8 @@
 Both train the tiny Qwen2.5-VL for one epoch over the same synthetic spatial samples (varied lengths, one to
 four images, a share of chain-of-thought answers) with loss on assistant tokens only. TRL runs with its default
 vision collator (padded batches; it refuses packing for vision data) and `assistant_only_loss=True`; ours packs
-samples into `--pack-tokens` sequences, `--packs-per-step` of them per step (one row each, as on sdpa). Prints each one's real tokens/s and pad fraction, and the ratio.
+samples into `--pack-tokens` sequences, `--packs-per-step` of them per step, through the collator and attention
+`vst-vla sft` uses (`sdpa_varlen` on sdpa: no dense mask). Prints each one's real tokens/s and pad fraction, and the ratio.
 
     .venv/bin/python bench/sft_packing.py [--samples 96] [--batch 8] [--pack-tokens 512] [--packs-per-step 4]
 """
@@ -22,7 +23,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch
 
-from spatial_tuning.packing import MropePositions, PackedCollator, SFTDataset, pack_samples
+from spatial_tuning.packing import SFTDataset, pack_samples
 from spatial_tuning.sft_tokenize import token_counts
 from spatial_tuning.sft_toy import toy_spatial_samples
 from spatial_tuning.sft_trainer import SpatialSFTTrainer
@@ -44,24 +45,30 @@ class CountingCollator:
         return batch
 
 
-def _common_args(out: str, batch: int, steps: int) -> dict:
+def _common_args(out: str, batch: int, steps: int, overrides: dict | None = None) -> dict:
+    """TrainingArguments shared by both trainers; `overrides` (device, bf16, checkpointing) win."""
     return {"output_dir": out, "per_device_train_batch_size": batch, "max_steps": steps, "learning_rate": 1e-4,
             "lr_scheduler_type": "constant", "logging_steps": 10_000, "save_strategy": "no", "report_to": [],
             "use_cpu": True, "dataloader_num_workers": 0, "remove_unused_columns": False, "disable_tqdm": True,
-            "seed": 0}
+            "seed": 0, **(overrides or {})}
 
 
-def run_packed(model, processor, samples, pack_tokens: int, packs_per_step: int) -> dict:
-    """Our packed SFT (SpatialSFTTrainer + PackedCollator, a row per pack as on sdpa) over every sample once."""
+def run_packed(model, processor, samples, pack_tokens: int, packs_per_step: int,
+               overrides: dict | None = None) -> dict:
+    """Our packed SFT (SpatialSFTTrainer + the collator `vst-vla sft` builds: varlen attention, one row per
+    batch, on sdpa and flash alike) over every sample once."""
     from transformers import TrainingArguments
+
+    from spatial_tuning.sft import build_collator
 
     packs = pack_samples(token_counts(samples, processor), pack_tokens)
     pad_id = processor.tokenizer.pad_token_id
-    collator = CountingCollator(PackedCollator(MropePositions(model), pad_id, one_row=False), pad_id)
+    collator = CountingCollator(build_collator(model, processor, packing=True), pad_id)
     steps = -(-len(packs) // packs_per_step)
     with tempfile.TemporaryDirectory() as out:
-        trainer = SpatialSFTTrainer(model=model, args=TrainingArguments(**_common_args(out, packs_per_step, steps)),
-                                    train_dataset=SFTDataset(samples, processor, packs), data_collator=collator)
+        args = TrainingArguments(**_common_args(out, packs_per_step, steps, overrides))
+        trainer = SpatialSFTTrainer(model=model, args=args, train_dataset=SFTDataset(samples, processor, packs),
+                                    data_collator=collator)
         start = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - start
@@ -69,7 +76,7 @@ def run_packed(model, processor, samples, pack_tokens: int, packs_per_step: int)
             "steps": steps}
 
 
-def run_trl(model, processor, samples, batch: int) -> dict:
+def run_trl(model, processor, samples, batch: int, overrides: dict | None = None) -> dict:
     """TRL's SFTTrainer with its default vision collator and assistant_only_loss=True."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
@@ -77,7 +84,8 @@ def run_trl(model, processor, samples, batch: int) -> dict:
     rows = [{"messages": s.messages(), "images": s.pil_images()} for s in samples]
     steps = -(-len(rows) // batch)
     with tempfile.TemporaryDirectory() as out:
-        args = SFTConfig(**_common_args(out, batch, steps), assistant_only_loss=True, max_length=None, bf16=False)
+        args = SFTConfig(**{"bf16": False, **_common_args(out, batch, steps, overrides)}, assistant_only_loss=True,
+                         max_length=None)
         trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
                              processing_class=processor)
         trainer.data_collator = collator = CountingCollator(trainer.data_collator, processor.tokenizer.pad_token_id)

@@ -49,6 +49,13 @@ class VSTVLAConfig(PreTrainedConfig):
     inference_delay_steps: int = 0  # rtc: steps a chunk takes to arrive; its first d actions are committed
     rtc_max_guidance: float = 5.0  # rtc: the paper's beta (guidance weight cap)
 
+    # Inference: compile the backbone's language model and the head (`policies.compiled`) at load time, warmed
+    # up before the first request. mode: default | reduce-overhead (CUDA graphs) | max-autotune[-no-cudagraphs].
+    compile: bool = False
+    compile_mode: str = "default"
+    compile_backend: str = "inductor"
+    compile_scope: str = "language_model"  # language_model (one graph) | layers (each decoder layer)
+
     # Prompt and inputs.
     prompt_template: str = PROMPT_TEMPLATE
     image_size: int = 84  # every camera is resized to a square of this side (a multiple of 28)

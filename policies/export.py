@@ -213,8 +213,9 @@ def _verify_files(path: Path, manifest: dict[str, Any]) -> None:
             raise BundleError(f"bundle {path}: {name} does not match its sha256 in bundle.json (corrupted or edited)")
 
 
-def load_bundle(path: str | Path, device: str = "cpu", verify: bool = True) -> Bundle:
-    """Load a bundle written by `export_bundle`; with `verify`, every file is checked against its sha256."""
+def load_bundle(path: str | Path, device: str = "cpu", verify: bool = True, **overrides: Any) -> Bundle:
+    """Load a bundle written by `export_bundle`; with `verify`, every file is checked against its sha256.
+    `overrides` go to `load_policy` (e.g. `compile=True`)."""
     from policies import load_policy
 
     path = Path(path)
@@ -226,7 +227,7 @@ def load_bundle(path: str | Path, device: str = "cpu", verify: bool = True) -> B
     _refuse_pickles(path / POLICY_SUBDIR)  # heads/ may hold TorchScript for other runtimes; never read here
     if verify:
         _verify_files(path, manifest)
-    policy = load_policy(str(path / POLICY_SUBDIR), device=device)
+    policy = load_policy(str(path / POLICY_SUBDIR), device=device, **overrides)
     spec = ObservationSpec.from_dict(json.loads((path / "robot_spec.json").read_text())["observation"])
     limits = ActionLimits.load(path / "action_limits.json")
     if limits.action_dim != int(policy.action_dim):

@@ -114,12 +114,14 @@ def _check_processor_features(config: VSTVLAConfig, preprocessor: PolicyProcesso
 def load_policy(path: str | Path, device: str = "cpu", n_action_steps: int | None = None,
                 flow_steps: int | None = None, execution_mode: str | None = None,
                 inference_delay_steps: int | None = None, temporal_ensemble_coeff: float | None = None,
-                **_: Any) -> LoadedPolicy:
+                compile: bool | None = None, compile_mode: str | None = None, compile_backend: str | None = None,
+                compile_scope: str | None = None, **_: Any) -> LoadedPolicy:
     """Load a policy directory written by `save_policy` (or a `lerobot-train` checkpoint's pretrained_model/).
 
     `n_action_steps`, `flow_steps` and the execution settings (`execution_mode`, `inference_delay_steps`,
-    `temporal_ensemble_coeff`; see `policies.execution`) override the saved inference settings; everything
-    else comes from the directory.
+    `temporal_ensemble_coeff`; see `policies.execution`) and compilation (`compile`, `compile_mode`,
+    `compile_backend`, `compile_scope`; see `policies.compiled`) override the saved inference settings;
+    everything else comes from the directory. A compiled policy is warmed up here, before it answers anything.
     """
     path = Path(path)
     if not path.is_dir():
@@ -133,7 +135,8 @@ def load_policy(path: str | Path, device: str = "cpu", n_action_steps: int | Non
     if flow_steps is not None:
         config.flow_steps = int(flow_steps)
     execution = {"execution_mode": execution_mode, "inference_delay_steps": inference_delay_steps,
-                 "temporal_ensemble_coeff": temporal_ensemble_coeff}
+                 "temporal_ensemble_coeff": temporal_ensemble_coeff, "compile": compile, "compile_mode": compile_mode,
+                 "compile_backend": compile_backend, "compile_scope": compile_scope}
     for name, value in execution.items():
         if value is not None:
             setattr(config, name, type(getattr(config, name))(value))
@@ -149,7 +152,13 @@ def load_policy(path: str | Path, device: str = "cpu", n_action_steps: int | Non
                                                             to_output=transition_to_policy_action)
     _check_processor_features(config, preprocessor, path)
     policy.eval()
-    return LoadedPolicy(policy, preprocessor, postprocessor, path)
+    loaded = LoadedPolicy(policy, preprocessor, postprocessor, path)
+    if config.compile:
+        from policies.compiled import compile_policy, warm_up
+
+        compile_policy(policy, config.compile_mode, config.compile_backend, config.compile_scope)
+        warm_up(loaded)
+    return loaded
 
 
 def new_policy(config: VSTVLAConfig, dataset_stats: dict[str, dict[str, Any]], backbone=None) -> LoadedPolicy:

@@ -20,6 +20,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from spatial_tuning.packed_attention import packs_in_one_row, use_varlen_attention
 from spatial_tuning.packing import (
     PackedCollator,
     PaddedCollator,
@@ -80,8 +81,8 @@ def build_dataset(samples: Sequence[SpatialSample], counts: Sequence[int] | None
 def build_collator(model, processor, packing: bool):
     """The packed collator (per-sample mrope positions from the model) or the padded baseline."""
     if packing and family_of(model).packing_exact:  # train_sft logged the fallback when it is not
-        # flash-attention varlen takes the whole batch as one row; the dense sdpa mask prefers a row per pack.
-        one_row = model.config._attn_implementation.startswith("flash")
+        # sdpa -> sdpa_varlen (no dense mask); varlen kernels take the whole batch as one row.
+        one_row = packs_in_one_row(use_varlen_attention(model))
         return PackedCollator(rope_positions(model), processor.tokenizer.pad_token_id, one_row=one_row)
     return PaddedCollator(processor.tokenizer.pad_token_id)
 

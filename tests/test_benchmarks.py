@@ -1,9 +1,13 @@
-"""Readers for local CV-Bench and VSI-Bench copies, on small files written here in the published formats."""
+"""Readers for local CV-Bench and VSI-Bench copies, on small files written here in the published formats; and
+the real-size benchmark script (`bench/real_size.py`) at its small CPU size."""
 
 from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -115,3 +119,31 @@ def test_vsi_bench_parquet_and_missing_video(tmp_path):
     _write_video(tmp_path / "scannetpp" / "abc.mp4", n_frames=4)
     (sample,) = read_vsi_bench(tmp_path, num_frames=2)
     assert sample.meta_info["answer"] == 20.5 and sample.skill == "vsibench_room_size_estimation"
+
+
+def test_real_size_benchmark_runs_at_small_size(tmp_path):
+    """`bench/real_size.py --size small --quick`: every section runs on CPU and reports coherent numbers."""
+    bench = Path(__file__).resolve().parent.parent / "bench" / "real_size.py"
+    out = tmp_path / "real_size.json"
+    proc = subprocess.run([sys.executable, str(bench), "--size", "small", "--quick", "--device", "cpu",
+                           "--json-out", str(out)], check=False, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "device CPU" in proc.stdout and "size small" in proc.stdout
+    result = json.loads(out.read_text())
+    packed, trl = result["sft"]["packed"], result["sft"]["trl"]
+    # The packed path (sdpa_varlen, one row) gives the summed loss of the samples run one by one (stock sdpa).
+    exact = result["sft"]["exactness"]
+    assert exact["attention"] == "sdpa_varlen" and exact["relative_difference"] < 1e-5
+    # Packed SFT on sdpa goes through sdpa_varlen: a step's packs share one row, so nothing is padded; TRL pads
+    # every sample of a batch to the longest one.
+    assert packed["total"] == packed["real"] and trl["total"] > trl["real"]
+    assert packed["mfu"] is None  # no peak is known for a CPU unless --peak-tflops is given
+    assert result["sft"]["ratio"] == pytest.approx(packed["tokens_per_s"] / trl["tokens_per_s"])
+    assert all(result["vla"][head]["seconds"] > 0 for head in ("tokens", "l1_chunk", "flow"))
+    eager, compiled = result["latency"]["eager"], result["latency"]["compiled"]
+    assert {"prepare", "prefill", "tokens", "l1_chunk", "flow", "l1_chunk_e2e"} <= eager.keys()
+    assert {"prefill", "l1_chunk", "flow"} <= compiled.keys() and "tokens" not in compiled
+    assert result["load"]["load_s"] > 0 and result["load"]["read_s"] > 0
+    for mode in ("eager", "compiled"):
+        served = result["serve"][mode]
+        assert served["errors"] == 0 and served["requests"] == 3 and served["p50_ms"] > 0

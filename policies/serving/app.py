@@ -44,11 +44,12 @@ def state_range(bundle_path: Path, spec: Any) -> tuple[Any, Any] | None:
 
 
 def build_server(bundle_path: str, cfg: DictConfig | dict[str, Any], device: str = "cpu",
-                 verify: bool = True) -> PolicyServer:
-    """A `PolicyServer` for the bundle at `bundle_path` (not yet listening)."""
+                 verify: bool = True, **overrides: Any) -> PolicyServer:
+    """A `PolicyServer` for the bundle at `bundle_path` (not yet listening); `overrides` go to `load_policy`
+    (a compiled policy is warmed up there, before the server listens)."""
     from policies.export import load_bundle
 
-    bundle = load_bundle(bundle_path, device=device, verify=verify)
+    bundle = load_bundle(bundle_path, device=device, verify=verify, **overrides)
     card = {"bundle": bundle.path.name, "policy": bundle.manifest.get("policy", {}),
             "created": bundle.manifest.get("created")}
     counter, context_room = prompt_budget(bundle.policy, bundle.spec)
@@ -67,7 +68,9 @@ def run(cfg: DictConfig) -> None:
     if not cfg.get("bundle"):
         raise ValueError("bundle is not set: vst-vla serve bundle=/path/to/bundle (from `vst-vla export`)")
     device = str(resolve_device(cfg.get("device", "cpu")))
-    server = build_server(str(cfg.bundle), cfg.server, device=device, verify=bool(cfg.get("verify", True)))
+    overrides = {key: cfg[key] for key in ("compile", "compile_mode", "compile_backend", "compile_scope") if cfg.get(key) is not None}
+    server = build_server(str(cfg.bundle), cfg.server, device=device, verify=bool(cfg.get("verify", True)),
+                          **overrides)
     if server.config.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("binding %s: the policy is reachable from the network%s", server.config.host,
                     "" if server.config.api_key else " WITHOUT authentication (set server.api_key)")

@@ -1,0 +1,65 @@
+"""Compiled policy inference (`policy.compile=true`): the same actions as eager, warmed up at load time.
+
+CPU tests compile with the `aot_eager` backend (TorchDynamo capture + AOT autograd, the graphs inductor would
+lower): inductor's C++ code generation takes minutes on two busy cores. `bench/real_size.py` times inductor.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from lerobot.configs import FeatureType, PolicyFeature
+
+from policies.compiled import blank_observation, compile_policy, compiled_modules
+from policies.configuration_vst_vla import VSTVLAConfig
+from policies.loading import load_policy, new_policy, save_policy
+
+CAM, STATE = "observation.images.front", "observation.state"
+
+
+def _saved_policy(head: str, tiny_backbone, root):
+    config = VSTVLAConfig(head=head, chunk_size=4, n_action_steps=4, image_size=56, device="cpu", flow_steps=3,
+                          input_features={CAM: PolicyFeature(FeatureType.VISUAL, (3, 64, 64)),
+                                          STATE: PolicyFeature(FeatureType.STATE, (3,))},
+                          output_features={"action": PolicyFeature(FeatureType.ACTION, (2,))})
+    stats = {key: {"mean": np.zeros(dim), "std": np.ones(dim), "min": -np.ones(dim), "max": np.ones(dim),
+                   "q01": -np.ones(dim), "q99": np.ones(dim)} for key, dim in ((STATE, 3), ("action", 2))}
+    loaded = new_policy(config, stats, backbone=copy.deepcopy(tiny_backbone))
+    return save_policy(loaded.policy, loaded.preprocessor, loaded.postprocessor, root / head)
+
+
+@pytest.mark.parametrize(("head", "scope"), [("l1_chunk", "language_model"), ("flow", "layers")])
+def test_compiled_policy_gives_eager_actions(head, scope, tiny_backbone, tmp_path):
+    path = _saved_policy(head, tiny_backbone, tmp_path)
+    eager = load_policy(path)
+    compiled = load_policy(path, compile=True, compile_backend="aot_eager", compile_scope=scope)
+    assert compiled.config.compile and not eager.config.compile
+    # Compiled in place at load time: the modules carry their compiled call, and their weights are unchanged.
+    assert all(m._compiled_call_impl is not None for m in compiled_modules(compiled.policy, scope))
+    assert all(m._compiled_call_impl is None for m in compiled_modules(eager.policy, scope))
+    assert compiled.policy.state_dict().keys() == eager.policy.state_dict().keys()
+
+    generator = torch.Generator().manual_seed(0)
+    for task in ("push the button", "put the red block in the green bowl next to the cup"):
+        batch = {CAM: torch.rand(2, 3, 64, 64, generator=generator), STATE: torch.randn(2, 3, generator=generator),
+                 "task": [task, "open the drawer"]}
+        torch.manual_seed(1)  # the flow head draws its noise from the global generator
+        expected = eager.predict_action_chunk(dict(batch))
+        torch.manual_seed(1)
+        got = compiled.predict_action_chunk(dict(batch))
+        assert got.shape == (2, 4, 2)
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_blank_observation_and_bad_mode(tiny_backbone, tmp_path):
+    path = _saved_policy("l1_chunk", tiny_backbone, tmp_path)
+    loaded = load_policy(path)
+    blank = blank_observation(loaded.config, "warm up")
+    assert blank[CAM].shape == (1, 3, 64, 64) and blank[STATE].shape == (1, 3) and blank["task"] == ["warm up"]
+    with pytest.raises(ValueError, match="compile_mode='fastest' is not one of default, reduce-overhead"):
+        compile_policy(loaded.policy, mode="fastest")
+    with pytest.raises(ValueError, match="compile_scope='vision' is not one of language_model, layers"):
+        compile_policy(loaded.policy, scope="vision")

@@ -179,3 +179,26 @@ def test_an_interrupted_evaluation_at_another_delay_is_not_resumed(compose, flow
     # a journal kept across delays would show d = 2's jerk here.
     assert report["meta"]["latency"]["inference_delay_steps"] == 4
     assert report["episodes"][0]["mean_sq_jerk"] != pytest.approx(at_delay_2["mean_sq_jerk"])
+
+
+def test_latency_table_gathers_cells_by_mode_and_delay(tmp_path):
+    from sim.eval_report import Episode, EvalResult
+    from sim.latency_table import main, read_cells
+
+    def cell(name: str, mode: str, delay: int, wins: list[bool], seed: int = 1000) -> None:
+        episodes = [Episode("reach-v3", seed + i, win, 10, 1.0, mean_sq_jerk=float(delay + 1))
+                    for i, win in enumerate(wins)]
+        meta = {"tasks": ["reach-v3"], "seed": seed, "latency": {"inference_delay_steps": delay, "execution_mode": mode}}
+        EvalResult("p", episodes, 1, "sync", 1.0, 40, meta=meta).write(tmp_path / name)
+
+    cell("rtc_d4", "rtc", 4, [True, True, False, False])
+    cell("open_loop_d4", "open_loop", 4, [True, False, False, False])
+    cell("open_loop_d0", "open_loop", 0, [True, True, True, False])
+    main([str(tmp_path)])
+    rows = (tmp_path / "latency.md").read_text().splitlines()
+    # Wilson 95 % for 3/4: centre (0.75 + 1.92/4) / (1 + 3.84/4) = 0.628, half 0.325: 30 % - 95 %.
+    assert rows[4] == "| open_loop | 0 | 3/4 = 75% | 30% - 95% | 1 | 10.0 |"
+    assert [row.split(" | ")[:2] for row in rows[5:]] == [["| open_loop", "4"], ["| rtc", "4"]]
+    cell("other_seeds", "rtc", 2, [True] * 4, seed=0)
+    with pytest.raises(ValueError, match="share their seeds"):
+        read_cells(tmp_path)

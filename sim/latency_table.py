@@ -58,7 +58,7 @@ def to_markdown(cells: list[dict[str, Any]]) -> str:
              "| mode | delay d | success | 95 % CI | mean sq jerk | mean length |", "|---|---|---|---|---|---|"]
     for c in cells:
         jerk = "n/a" if c["mean_sq_jerk"] is None else f"{c['mean_sq_jerk']:.4g}"
-        lines.append(f"| {c['mode']} | {c['delay']} | {c['successes']}/{c['episodes']} = {c['success_rate']:.0%} | "
+        lines.append(f"| {c['mode']} | {c['delay']} | {c['successes']}/{c['episodes']} = {c['success_rate']:.1%} | "
                      f"{c['ci95_low']:.0%} - {c['ci95_high']:.0%} | {jerk} | {c['mean_length']:.1f} |")
     return "\n".join(lines) + "\n"
 

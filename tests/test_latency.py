@@ -45,13 +45,14 @@ def _execute(policy, steps: int) -> np.ndarray:
 
 def test_open_loop_under_delay_holds_the_pose_while_each_chunk_is_computed():
     scripted = ScriptedChunkPolicy("open_loop", chunk_size=4, n_action_steps=3)
-    executed = _execute(DelayedChunkPolicy(scripted, delay=2), 10)
+    delayed = DelayedChunkPolicy(scripted, delay=2)
+    executed = _execute(delayed, 10)
     # Chunk 0 is awaited before the first step: 0, 1, 2. Step 3 asks again (queue empty); the chunk of
     # observation 3 arrives at step 5: steps 3, 4 hold the pose (xyz 0, gripper 2), then 30, 31, 32 run from the
     # chunk's start; step 8 asks again: hold (0, 32) twice.
     assert executed[:, 0].tolist() == [0, 1, 2, 0, 0, 30, 31, 32, 0, 0]
     assert executed[:, 1].tolist() == [0, 1, 2, 2, 2, 30, 31, 32, 32, 32]
-    assert [t for t, _ in scripted.requests] == [0, 3, 8]
+    assert [t for t, _ in scripted.requests] == [0, 3, 8] and delayed.held_steps == 4
 
 
 def test_temporal_ensemble_under_delay_averages_the_predictions_that_have_arrived():
@@ -197,7 +198,7 @@ def test_latency_table_gathers_cells_by_mode_and_delay(tmp_path):
     main([str(tmp_path)])
     rows = (tmp_path / "latency.md").read_text().splitlines()
     # Wilson 95 % for 3/4: centre (0.75 + 1.92/4) / (1 + 3.84/4) = 0.628, half 0.325: 30 % - 95 %.
-    assert rows[4] == "| open_loop | 0 | 3/4 = 75% | 30% - 95% | 1 | 10.0 |"
+    assert rows[4] == "| open_loop | 0 | 3/4 = 75.0% | 30% - 95% | 1 | 10.0 |"
     assert [row.split(" | ")[:2] for row in rows[5:]] == [["| open_loop", "4"], ["| rtc", "4"]]
     cell("other_seeds", "rtc", 2, [True] * 4, seed=0)
     with pytest.raises(ValueError, match="share their seeds"):

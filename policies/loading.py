@@ -64,12 +64,20 @@ class LoadedPolicy:
 
     @torch.inference_mode()
     def predict_action_chunk(self, batch: dict[str, Any], rtc_target: Tensor | None = None,
-                             rtc_weights: Tensor | None = None) -> Tensor:
+                             rtc_weights: Tensor | None = None, inference_delay: int | None = None,
+                             prev_chunk_left_over: Tensor | None = None) -> Tensor:
         """A whole chunk [B, chunk_size, action_dim] in environment units, without touching the queue; with
-        `rtc_target` (environment units) sampled by real-time chunking (`policies.execution.rtc`)."""
+        `rtc_target` (environment units) sampled by real-time chunking (`policies.execution.rtc`).
+
+        LeRobot's RTC keywords work too (pi0/SmolVLA's `predict_action_chunk`): `prev_chunk_left_over`
+        [B, k, action_dim] (here in environment units) is the robot's queued actions from the observation's
+        step on, `inference_delay` the d steps the chunk takes to arrive (its first d actions are committed)."""
         guidance = {}
         if rtc_target is not None:
             guidance = {"rtc_target": self._normalize_actions(torch.as_tensor(rtc_target)), "rtc_weights": rtc_weights}
+        elif prev_chunk_left_over is not None:
+            guidance = {"prev_chunk_left_over": self._normalize_actions(torch.as_tensor(prev_chunk_left_over)),
+                        "inference_delay": inference_delay}
         return self.postprocessor(self.policy.predict_action_chunk(self.preprocessor(_as_tensors(batch)), **guidance))
 
     def _normalize_actions(self, actions: Tensor) -> Tensor:

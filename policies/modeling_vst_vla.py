@@ -111,9 +111,16 @@ class VSTVLAPolicy(PreTrainedPolicy):
 
     @torch.inference_mode()
     def predict_action_chunk(self, batch: dict[str, Tensor], noise: Tensor | None = None,
-                             rtc_target: Tensor | None = None, rtc_weights: Tensor | None = None, **kwargs) -> Tensor:
+                             rtc_target: Tensor | None = None, rtc_weights: Tensor | None = None,
+                             inference_delay: int | None = None, prev_chunk_left_over: Tensor | None = None,
+                             **kwargs) -> Tensor:
         """Normalised actions [B, chunk_size, action_dim] for one batch of observations; with `rtc_target`
-        (normalised [B, H, A]) and `rtc_weights` ([H] or [B, H]) the flow head samples by real-time chunking."""
+        (normalised [B, H, A]) and `rtc_weights` ([H] or [B, H]) the flow head samples by real-time chunking.
+        LeRobot's RTC keywords (pi0/SmolVLA) give the same: `prev_chunk_left_over` [B, k, A] (normalised) the
+        queued actions from the observation's step on, `inference_delay` the d of them committed (the paper's
+        mask over the k queued actions)."""
+        if rtc_target is None and prev_chunk_left_over is not None:
+            rtc_target, rtc_weights = self._rtc_guidance(prev_chunk_left_over, int(inference_delay or 0))
         inputs, state = self.prepare_inputs(batch)
         if rtc_target is None:
             return self.predict_from_inputs(inputs, state, noise=noise)
@@ -135,6 +142,18 @@ class VSTVLAPolicy(PreTrainedPolicy):
             chunk = self.predict_action_chunk(batch, noise=noise)[:, : self.config.n_action_steps]
             self._action_queue.extend(chunk.transpose(0, 1))
         return self._action_queue.popleft()
+
+    def _rtc_guidance(self, left_over: Tensor, delay: int) -> tuple[Tensor, Tensor]:
+        """The zero-padded target [B, H, A] and the paper's prefix weights [H] for k queued actions."""
+        from policies.execution.rtc import prefix_weights
+
+        chunk_size = int(self.config.chunk_size)
+        if left_over.ndim != 3 or left_over.shape[1] > chunk_size:
+            raise ValueError(f"prev_chunk_left_over must be [B, k <= chunk_size={chunk_size}, action_dim], got "
+                             f"{list(left_over.shape)}")
+        target = left_over.new_zeros(left_over.shape[0], chunk_size, left_over.shape[2])
+        target[:, : left_over.shape[1]] = left_over
+        return target, prefix_weights(delay, int(left_over.shape[1]), chunk_size)
 
     def _sample_rtc(self, batch: dict[str, Tensor], noise: Tensor | None, target: Tensor | None,
                     weights: Tensor | None) -> Tensor:

@@ -35,7 +35,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sim.env_spec import env_spec, make_vector_env
-from sim.eval_report import Episode, EvalResult, journal_episode, read_episode_journal
+from sim.eval_report import Episode, EvalResult, journal_episode, mean_squared_jerk, read_episode_journal
 from sim.metaworld_env import image_key
 from sim.policy_io import actions_to_numpy, observation_to_batch
 from sim.video import write_mp4
@@ -59,8 +59,8 @@ class EpisodeTrace:
     success: bool = False
     length: int = 0
     sum_reward: float = 0.0
-    observations: list[dict[str, np.ndarray]] = field(default_factory=list)
-    actions: list[np.ndarray] = field(default_factory=list)
+    observations: list[dict[str, np.ndarray]] = field(default_factory=list)  # only when recorded
+    actions: list[np.ndarray] = field(default_factory=list)  # the actions the env executed, in order
 
 
 def _success_flags(info: dict[str, Any], n: int) -> np.ndarray:
@@ -87,10 +87,10 @@ def rollout_batch(vec_env: Any, policy: Policy, seeds: list[int], max_steps: int
         batch = observation_to_batch(obs, task_texts)
         with torch.inference_mode():
             actions = actions_to_numpy(policy.select_action(batch), n, action_dim)
-        if record:
-            for i in np.flatnonzero(active):
+        for i in np.flatnonzero(active):  # executed actions are always kept: the smoothness measure reads them
+            traces[i].actions.append(actions[i].copy())
+            if record:
                 traces[i].observations.append({k: np.array(v[i]) for k, v in obs.items()})
-                traces[i].actions.append(actions[i].copy())
         obs, reward, terminated, truncated, info = vec_env.step(actions)
         success = _success_flags(info, n)
         for i in np.flatnonzero(active):
@@ -146,12 +146,13 @@ def _video_path(video_dir: Path, task: str, index: int) -> Path:
 
 def evaluate(policy: Policy, env_cfg: Any, n_episodes: int, n_envs: int = 1, vector_mode: str = "sync",
              seed: int = 1000, video_dir: str | Path | None = None, n_videos: int = 0,
-             policy_name: str | None = None, progress: bool = True, journal: Path | None = None) -> EvalResult:
+             policy_name: str | None = None, progress: bool = True, journal: Path | None = None,
+             meta: Mapping[str, Any] | None = None) -> EvalResult:
     """Roll `policy` out for `n_episodes` per task of `env_cfg` on vector envs; see the module doc.
 
     With a `journal` folder, each finished episode is recorded there, and those an interrupted run of the same
     settings recorded are kept: the run restarts at the first unfinished batch (batches keep their seeds, so
-    the results equal an uninterrupted run's).
+    the results equal an uninterrupted run's). `meta` is added to the result's meta (e.g. the latency setting).
     """
     spec = env_spec(env_cfg)
     n_envs = max(1, min(int(n_envs), int(n_episodes)))
@@ -176,7 +177,8 @@ def evaluate(policy: Policy, env_cfg: Any, n_episodes: int, n_envs: int = 1, vec
                                  upscale=max(1, 256 // frames[0].shape[0]))
                 video = str(path.relative_to(Path(video_dir).parent))  # relative: reports stay portable
             episode = Episode(task=task, seed=trace.seed, success=trace.success, length=trace.length,
-                              sum_reward=trace.sum_reward, video=video)
+                              sum_reward=trace.sum_reward, video=video,
+                              mean_sq_jerk=mean_squared_jerk(np.asarray(trace.actions)))
             by_task[task].append(episode)
             if journal is not None:
                 journal_episode(journal, index, episode)
@@ -188,7 +190,7 @@ def evaluate(policy: Policy, env_cfg: Any, n_episodes: int, n_envs: int = 1, vec
                         wall_s=time.perf_counter() - started, env_steps=sum(e.length for e in episodes),
                         meta={"tasks": list(spec.tasks), "seed": seed, "camera": camera_key,
                               "image_size": spec.features[camera_key]["shape"][0],
-                              "max_episode_steps": spec.max_episode_steps})
+                              "max_episode_steps": spec.max_episode_steps, **(meta or {})})
     log.info(result.summary_line())
     return result
 

@@ -110,10 +110,14 @@ def _procedural_context(job: SceneJob, skills: tuple[str, ...]):
 
 
 def _manipulation_context(job: SceneJob):
-    from sim.manipulation_scene import pose_state
-    from spatial_tuning.skills.manipulation import render_manipulation_context
+    from sim.manipulation_scene import MANIPULATION_OBJECTS, pose_state
+    from spatial_tuning.skills.manipulation import MIN_OBJECTS, render_manipulation_context
 
-    task = job.manipulation_tasks[job.index % len(job.manipulation_tasks)]
+    # Late scenes serve only the skills still short: when all of them need several objects, pose only tasks
+    # that have that many (the choice depends on the job's skills alone, so the output stays deterministic).
+    need = min((MIN_OBJECTS[n] for n in job.skills if n in MIN_OBJECTS), default=1)
+    tasks = [t for t in job.manipulation_tasks if len(MANIPULATION_OBJECTS[t]) >= need] or job.manipulation_tasks
+    task = tasks[job.index % len(tasks)]
     # Evaluation episodes of MetaWorld seed from 1000 (eval-sim) and demonstrations from 0 (collect): the
     # spatial data uses its own seed range per split, so no question shows an evaluation placement.
     task_seed = 100_000 + 50_000 * SPLIT_CODES[job.split] + job.index

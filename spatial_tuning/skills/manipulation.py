@@ -22,6 +22,7 @@ from spatial_tuning.skills.registry import register
 
 SCENARIO = "single_image"
 MANIPULATION_SKILLS = ("gripper_relative_direction", "closer_to_gripper", "gripper_object_distance")
+MIN_OBJECTS = {"gripper_relative_direction": 1, "closer_to_gripper": 2, "gripper_object_distance": 1}
 # An object the gripper can be "left of": a part-sized object, not a shelf or a machine (largest side, metres).
 SMALL_OBJECT = 0.25
 DIRECTION_MIN = 0.05  # metres along the answer's axis

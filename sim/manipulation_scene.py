@@ -55,18 +55,29 @@ class ManipulationState:
         self.env.close()
 
 
+# Where a freely placed gripper starts (world metres): over the table's working area and low, so objects are
+# beside, in front of or behind it as often as below it (an expert's gripper is mostly above its object).
+FREE_HAND_LOW = np.array([-0.25, 0.45, 0.04])
+FREE_HAND_HIGH = np.array([0.25, 0.85, 0.15])
+
+
 def pose_state(task: str, seed: int, rng: np.random.Generator, image_size: int, max_expert_steps: int = 60,
-               noise_std: float = 0.3, objects: dict[str, str] | None = None) -> ManipulationState:
-    """Reset `task` with `seed` and run its scripted expert (Gaussian action noise `noise_std`) for a random
-    number of steps in [0, `max_expert_steps`]; nothing is rendered here."""
+               noise_std: float = 0.3, objects: dict[str, str] | None = None,
+               free_hand_fraction: float = 0.5) -> ManipulationState:
+    """Reset `task` with `seed`; then, with probability `free_hand_fraction`, leave the gripper where a reset to a
+    random start (in `FREE_HAND_LOW`..`FREE_HAND_HIGH`) puts it, else run the task's scripted expert (Gaussian
+    action noise `noise_std`) for a random number of steps in [0, `max_expert_steps`]. Nothing is rendered."""
     from metaworld.policies import ENV_POLICY_MAP
 
     env = MetaWorldEnv(task, cameras=(CAMERA,), image_size=image_size, max_episode_steps=10_000)
     sim = env.physics
+    free_hand = bool(rng.random() < free_hand_fraction)
+    if free_hand:
+        sim.hand_init_pos = rng.uniform(FREE_HAND_LOW, FREE_HAND_HIGH)  # MetaWorld's reset drives the hand there
     sim.seed(int(seed))
     obs, _ = sim.reset()
     expert = ENV_POLICY_MAP[env.task]()
-    steps = int(rng.integers(0, max_expert_steps + 1))
+    steps = 0 if free_hand else int(rng.integers(0, max_expert_steps + 1))
     for _ in range(steps):
         action = expert.get_action(obs) + rng.normal(0.0, noise_std, size=4)
         obs, *_ = sim.step(np.clip(action, -1.0, 1.0).astype(np.float32))

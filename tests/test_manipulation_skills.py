@@ -22,7 +22,7 @@ SIZE = 96
 
 @pytest.fixture(scope="module")
 def posed():
-    state = pose_state("pick-place-wall", 7, np.random.default_rng(0), SIZE, max_expert_steps=0)
+    state = pose_state("pick-place-wall", 7, np.random.default_rng(0), SIZE, max_expert_steps=0, free_hand_fraction=0)
     yield state
     state.close()
 

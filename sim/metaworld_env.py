@@ -39,6 +39,11 @@ _CAMERA_POSE_OVERRIDES = {"corner2": (0.75, 0.075, 0.7)}
 _FLIPPED_CAMERAS = {"corner2"}
 
 
+def is_flipped(camera: str) -> bool:
+    """Whether the env rotates `camera`'s image by 180 degrees (as LeRobot's MetaWorld env does for corner2)."""
+    return camera in _FLIPPED_CAMERAS
+
+
 def image_key(camera: str) -> str:
     """The observation key of a camera's images (LeRobot convention)."""
     return f"observation.images.{camera}"
@@ -167,6 +172,13 @@ class MetaWorldEnv(gym.Env):
     def render(self) -> np.ndarray:
         """The first camera's current frame."""
         return self._render_camera(self.cameras[0])
+
+    @property
+    def physics(self):
+        """The underlying MetaWorld env (its `model`, `data`, `tcp_center`, raw `step`), built on first use; for
+        code that poses the scene directly, such as the spatial-data generator."""
+        self._ensure_sim()
+        return self._sim
 
     def raw_observation(self) -> np.ndarray:
         """MetaWorld's 39-D observation of the current step (float64)."""

@@ -63,6 +63,7 @@ class SceneJob:
     views: int
     video_frames: int
     shadows: bool
+    manipulation_tasks: tuple[str, ...] = ()  # MetaWorld tasks the manipulation skills pose scenes from
 
     @property
     def scene_id(self) -> str:
@@ -76,18 +77,63 @@ def encode_png(rgb: np.ndarray) -> bytes:
 
 
 def draft_scene(job: SceneJob) -> tuple[SceneJob, list[Draft], dict[str, bytes], dict[str, dict]]:
-    """Render one scene and draft up to `questions_per_scene` distinct questions per skill."""
+    """Render one scene and draft up to `questions_per_scene` distinct questions per skill: the procedural scene
+    for procedural skills, a MetaWorld manipulation state (task chosen by the scene index) for manipulation ones."""
+    from spatial_tuning.skills.registry import SCENES_OF
+
+    procedural = tuple(n for n in job.skills if SCENES_OF[n] == "procedural")
+    manipulation = tuple(n for n in job.skills if SCENES_OF[n] == "metaworld")
+    drafts: list[Draft] = []
+    views = {}
+    if procedural:
+        ctx = _procedural_context(job, procedural)
+        drafts += _draft_questions(job, procedural, ctx)
+        views.update(ctx.views)
+    if manipulation and job.manipulation_tasks:
+        ctx = _manipulation_context(job)
+        drafts += _draft_questions(job, manipulation, ctx)
+        views.update(ctx.views)
+    images = {name: encode_png(view.rgb) for name, view in views.items()}
+    cameras = {name: view.camera.to_dict() for name, view in views.items()}
+    return job, drafts, images, cameras
+
+
+def _procedural_context(job: SceneJob, skills: tuple[str, ...]):
     from sim.procedural_scene import generate_scene
-    from spatial_tuning.skills import SKILLS
     from spatial_tuning.skills.base import render_context, scenario_cameras
     from spatial_tuning.skills.registry import SCENARIO_OF
 
     scene = generate_scene(np.random.default_rng([job.seed, SPLIT_CODES[job.split], job.index]), job.scene_id,
                            job.image_size, job.objects, job.views, job.video_frames)
     # Only the cameras the job's skills look through are rendered (late scenes serve the few skills left).
-    ctx = render_context(scene, job.shadows, scenario_cameras(scene, {SCENARIO_OF[n] for n in job.skills}))
+    return render_context(scene, job.shadows, scenario_cameras(scene, {SCENARIO_OF[n] for n in skills}))
+
+
+def _manipulation_context(job: SceneJob):
+    from sim.manipulation_scene import MANIPULATION_OBJECTS, pose_state
+    from spatial_tuning.skills.manipulation import MIN_OBJECTS, render_manipulation_context
+
+    # Late scenes serve only the skills still short: when all of them need several objects, pose only tasks
+    # that have that many (the choice depends on the job's skills alone, so the output stays deterministic).
+    need = min((MIN_OBJECTS[n] for n in job.skills if n in MIN_OBJECTS), default=1)
+    tasks = [t for t in job.manipulation_tasks if len(MANIPULATION_OBJECTS[t]) >= need] or job.manipulation_tasks
+    task = tasks[job.index % len(tasks)]
+    # Evaluation episodes of MetaWorld seed from 1000 (eval-sim) and demonstrations from 0 (collect): the
+    # spatial data uses its own seed range per split, so no question shows an evaluation placement.
+    task_seed = 100_000 + 50_000 * SPLIT_CODES[job.split] + job.index
+    state = pose_state(task, task_seed, np.random.default_rng([job.seed, SPLIT_CODES[job.split], job.index, 11]),
+                       job.image_size)
+    try:
+        return render_manipulation_context(state, job.image_size)
+    finally:
+        state.close()
+
+
+def _draft_questions(job: SceneJob, skills: tuple[str, ...], ctx) -> list[Draft]:
+    from spatial_tuning.skills import SKILLS
+
     drafts: list[Draft] = []
-    for name in job.skills:
+    for name in skills:
         # One rng per (scene, skill): which other skills run never changes this skill's questions.
         rng = np.random.default_rng([job.seed, SPLIT_CODES[job.split], job.index, zlib.crc32(name.encode())])
         seen: set[tuple] = set()
@@ -99,9 +145,7 @@ def draft_scene(job: SceneJob) -> tuple[SceneJob, list[Draft], dict[str, bytes],
                 drafts.append(draft)
             if len(seen) >= job.questions_per_scene:
                 break
-    images = {name: encode_png(view.rgb) for name, view in ctx.views.items()}
-    cameras = {name: view.camera.to_dict() for name, view in ctx.views.items()}
-    return job, drafts, images, cameras
+    return drafts
 
 
 class LetterBalancer:
@@ -144,6 +188,23 @@ def _scene_results(jobs: Iterator[SceneJob], num_workers: int) -> Iterator[tuple
         yield from pool.imap(draft_scene, jobs, chunksize=1)  # in order: the output does not depend on timing
 
 
+def manipulation_tasks(cfg: DictConfig) -> tuple[str, ...]:
+    """The MetaWorld tasks of `scenes.manipulation_tasks` (canonical names; default: every task that
+    `sim.manipulation_scene.MANIPULATION_OBJECTS` describes)."""
+    from sim.manipulation_scene import MANIPULATION_OBJECTS
+    from sim.tasks import canonical_task
+
+    names = OmegaConf.select(cfg, "scenes.manipulation_tasks", default=None)
+    if names is None:
+        return tuple(MANIPULATION_OBJECTS)
+    tasks = tuple(canonical_task(str(n)) for n in names)
+    unknown = [t for t in tasks if t not in MANIPULATION_OBJECTS]
+    if unknown:
+        raise ValueError(f"synth scenes.manipulation_tasks: {unknown} have no object table; choose from "
+                         f"{sorted(MANIPULATION_OBJECTS)} (sim/manipulation_scene.py)")
+    return tasks
+
+
 def generate_split(split: str, count_per_skill: int, cfg: DictConfig,
                    journal: Path | None = None) -> tuple[list[SpatialSample], dict]:
     """`count_per_skill` samples of every selected skill from fresh scenes of `split`.
@@ -172,7 +233,7 @@ def generate_split(split: str, count_per_skill: int, cfg: DictConfig,
                 return
             yield SceneJob(int(cfg.seed), split, i, int(cfg.image_size), active, int(cfg.questions_per_scene),
                            tuple(cfg.scenes.objects), int(cfg.scenes.views), int(cfg.scenes.video_frames),
-                           bool(cfg.shadows))
+                           bool(cfg.shadows), manipulation_tasks(cfg))
 
     total, scenes = count_per_skill * len(skills), first_scene
     restored = sum(len(v) for v in accepted.values())

@@ -63,7 +63,7 @@ def test_outputs_load_through_the_reader_and_keep_the_contract(synth_dirs):
         meta = sample.meta_info
         assert {"skill", "mode", "answer", "scene_id"} <= set(meta)
         if meta["mode"] == "multiple_choice":
-            assert sample.answer.endswith(meta["answer"]) and len(meta["options"]) >= 3
+            assert sample.answer.endswith(meta["answer"]) and len(meta["options"]) >= 2
         if meta["mode"] == "numeric":
             assert "unit" in meta
         assert sample.pil_images()[0].size == (64, 64)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ import torch
 
 from vst_vla.families import BackboneFamily, family_for_model_type, supported_model_types, tiny_family
 from vst_vla.runtime import resolve_attention, resolve_device, resolve_dtype
-from vst_vla.tiny import TinySpec, tiny_checkpoint
+from vst_vla.tiny import TinySpec, preset_spec, tiny_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +54,13 @@ class CheckpointError(ValueError):
 
 
 def tiny_spec(cfg: BackboneConfig) -> TinySpec:
+    """The preset's dimensions (`tiny`, or a size preset such as `small`), with the config's overrides."""
     extra = dict(cfg.tiny or {})
     if cfg.min_pixels is not None:
         extra["min_pixels"] = cfg.min_pixels
     if cfg.max_pixels is not None:
         extra["max_pixels"] = cfg.max_pixels
-    return TinySpec(seed=cfg.seed, **extra)
+    return replace(preset_spec(str(cfg.source)), seed=cfg.seed, **extra)
 
 
 def resolve_source(cfg: BackboneConfig) -> Path:

@@ -42,6 +42,11 @@ class Stage:
     command: str
     wiring: Callable[[Layout], list[str]]
     artifact: str  # path relative to the stage folder whose presence means the command finished its work
+    base: str = ""  # the name in `stages:` and `stage_overrides` (a seeded copy shares its base's); "" = name
+
+    @property
+    def key(self) -> str:
+        return self.base or self.name
 
 
 @dataclass(frozen=True)
@@ -91,6 +96,55 @@ STAGES: list[Stage] = [
     ], "bundle"),
 ]
 STAGE_NAMES = [s.name for s in STAGES]
+# With `vla_seeds`, each of these becomes one stage per training seed (`vla_s0`, `eval_sim_control_s2`, ...).
+SEEDED_STAGES = ("vla", "vla_control", "eval_sim", "eval_sim_control")
+
+
+def seeded_name(base: str, seed: int) -> str:
+    return f"{base}_s{seed}"
+
+
+def _seeded_stage(stage: Stage, seed: int) -> Stage:
+    """`stage` for one training seed: the VLA trains with `train.seed=seed`; its evaluation reads that policy."""
+    name = seeded_name(stage.name, seed)
+    if stage.command == "vla":
+        def wiring(L: Layout, base=stage.wiring) -> list[str]:
+            return [*base(L), f"train.seed={seed}"]
+    else:
+        policy_stage = seeded_name("vla" if stage.name == "eval_sim" else "vla_control", seed)
+
+        def wiring(L: Layout) -> list[str]:
+            return ["policy=vst_vla", f"policy.path={L.stage(policy_stage) / 'policy'}"]
+    return Stage(name, stage.command, wiring, stage.artifact, base=stage.name)
+
+
+def _seeded_export(seed: int) -> Stage:
+    def wiring(L: Layout) -> list[str]:
+        return [f"policy_path={L.stage(seeded_name('vla', seed)) / 'policy'}",
+                f"card.eval_results={L.stage(seeded_name('eval_sim', seed)) / 'eval.json'}",
+                ("card.training_data='scripted-expert demonstrations recorded by vst-vla collect into "
+                 f"{L.stage('collect')}'")]
+    return Stage("export", "export", wiring, "bundle")
+
+
+def pipeline_stages(cfg: DictConfig) -> list[Stage]:
+    """The stages of this run: `STAGES`, with the VLA arms and their evaluations repeated per `vla_seeds` seed
+    (evaluated on the same episode seeds, so the arms are compared on the same placements); export packages the
+    tuned policy of the first seed."""
+    seeds = [int(s) for s in (OmegaConf.select(cfg, "vla_seeds", default=None) or [])]
+    if not seeds:
+        return list(STAGES)
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"pipeline.vla_seeds: {seeds} repeats a seed; list each training seed once")
+    expanded: list[Stage] = []
+    for stage in STAGES:
+        if stage.name in SEEDED_STAGES:
+            expanded += [_seeded_stage(stage, seed) for seed in seeds]
+        elif stage.name == "export":
+            expanded.append(_seeded_export(seeds[0]))
+        else:
+            expanded.append(stage)
+    return expanded
 
 
 def is_done(stage_dir: Path) -> bool:
@@ -100,7 +154,7 @@ def is_done(stage_dir: Path) -> bool:
 def stage_argv(stage: Stage, layout: Layout, cfg: DictConfig) -> list[str]:
     """The child process's command line: wiring from earlier artifacts, then the config's per-stage overrides."""
     stage_dir = layout.stage(stage.name)
-    extra = list(OmegaConf.select(cfg, f"stage_overrides.{stage.name}", default=None) or [])
+    extra = list(OmegaConf.select(cfg, f"stage_overrides.{stage.key}", default=None) or [])
     common = [*forwarded_choices(cfg), *list(cfg.common_overrides or [])]
     return [sys.executable, "-m", "vst_vla.cli", stage.command, *common,
             f"hydra.run.dir={layout.root / 'logs' / stage.name}", f"output_dir={stage_dir}",
@@ -159,7 +213,7 @@ def selected_stages(cfg: DictConfig) -> list[Stage]:
     unknown = [n for n in names if n not in STAGE_NAMES]
     if unknown:
         raise ValueError(f"pipeline.stages: unknown stage(s) {unknown}; known: {STAGE_NAMES}")
-    return [s for s in STAGES if s.name in names]
+    return [s for s in pipeline_stages(cfg) if s.key in names]
 
 
 def run(cfg: DictConfig) -> dict:

@@ -136,28 +136,66 @@ def _success(result: dict) -> tuple[float, float, float]:
     return result.get("success_rate", nan), result.get("ci95_low", nan), result.get("ci95_high", nan)
 
 
+def arm_outcomes(root: Path, stage: str) -> dict[str, list[int]]:
+    """Episode outcomes (1 = success) of an evaluation stage, per training seed: `<stage>_s<k>/eval.json` for
+    a seeded pipeline, else `<stage>/eval.json` as one seed."""
+    found = sorted(root.glob(f"{stage}_s*/eval.json"), key=lambda p: int(p.parent.name.rsplit("_s", 1)[1]))
+    if not found and (root / stage / "eval.json").is_file():
+        found = [root / stage / "eval.json"]
+    outcomes = {}
+    for path in found:
+        episodes = (_load_json(path) or {}).get("episodes", [])
+        if episodes:
+            outcomes[path.parent.name] = [int(bool(e["success"])) for e in episodes]
+    return outcomes
+
+
+ARMS = (("tuned (VST RL backbone)", "eval_sim"), ("control (untuned backbone)", "eval_sim_control"))
+
+
+def arm_comparison(root: Path):
+    """`vst_vla.arm_stats.Comparison` of the tuned and control arms, or None when either has no episodes."""
+    from vst_vla.arm_stats import compare_arms
+
+    tuned, control = (arm_outcomes(root, stage) for _, stage in ARMS)
+    if not tuned or not control:
+        return None
+    return compare_arms(list(tuned.values()), list(control.values()))
+
+
 def sim_section(root: Path, fig_dir: Path) -> tuple[list[str], list[Path]]:
-    runs = {name: _load_json(root / stage / "eval.json") for name, stage in
-            (("tuned (VST RL backbone)", "eval_sim"), ("control (untuned backbone)", "eval_sim_control"))}
-    runs = {k: v for k, v in runs.items() if v}
-    if not runs:
+    arms = {name: arm_outcomes(root, stage) for name, stage in ARMS}
+    arms = {k: v for k, v in arms.items() if v}
+    if not arms:
         return ["Simulation evaluation: not run."], []
-    lines = ["| policy | episodes | success | 95% Wilson interval |", "|---|---|---|---|"]
-    for name, result in runs.items():
-        rate, low, high = _success(result)
-        lines.append(f"| {name} | {result.get('n_episodes', len(result.get('episodes', [])))} | {rate:.3f} | "
-                     f"[{low:.3f}, {high:.3f}] |")
+    from vst_vla.arm_stats import compare_arms
+
+    comparison = arm_comparison(root)
+    summaries = {name: (comparison.tuned if name == ARMS[0][0] else comparison.control) if comparison else
+                 compare_arms(list(seeds.values()), list(seeds.values()), replicates=2000).tuned
+                 for name, seeds in arms.items()}
+    lines = ["| arm | seeds | episodes | success | 95% Wilson (pooled) | 95% bootstrap (seeds, episodes) | per seed |",
+             "|---|---|---|---|---|---|---|"]
+    for name, a in summaries.items():
+        per_seed = ", ".join(f"{r:.2f}" for r in a.per_seed)
+        lines.append(f"| {name} | {a.seeds} | {a.episodes} | {a.rate:.3f} | [{a.wilson[0]:.3f}, {a.wilson[1]:.3f}] | "
+                     f"[{a.bootstrap[0]:.3f}, {a.bootstrap[1]:.3f}] | {per_seed} |")
+    if comparison:
+        low, high = comparison.interval
+        lines += ["", (f"Difference (tuned - control): {comparison.difference:+.3f}, 95% bootstrap interval "
+                       f"[{low:+.3f}, {high:+.3f}] ({comparison.replicates} replicates resampling seeds, then "
+                       "episodes within each seed).")]
 
     def draw(ax):
-        names = list(runs)
-        rates = [_success(runs[n])[0] for n in names]
-        errors = [[r - _success(runs[n])[1] for n, r in zip(names, rates)],
-                  [_success(runs[n])[2] - r for n, r in zip(names, rates)]]
+        names = list(summaries)
+        rates = [summaries[n].rate for n in names]
+        errors = [[r - summaries[n].bootstrap[0] for n, r in zip(names, rates)],
+                  [summaries[n].bootstrap[1] - r for n, r in zip(names, rates)]]
         ax.bar(range(len(names)), rates, yerr=errors, capsize=6, color=["tab:blue", "tab:gray"][: len(names)])
         ax.set_xticks(range(len(names)), names, fontsize=8)
         ax.set_ylim(0, 1)
         ax.set_ylabel("success rate")
-        ax.set_title("MetaWorld success: tuned vs control")
+        ax.set_title("MetaWorld success: tuned vs control (bootstrap 95%)")
 
     fig = _figure(fig_dir / "sim_success.png", draw)
     return lines, [fig] if fig else []
@@ -165,7 +203,8 @@ def sim_section(root: Path, fig_dir: Path) -> tuple[list[str], list[Path]]:
 
 def rollout_gif(root: Path, fig_dir: Path) -> Path | None:
     """The first rollout video of the tuned policy, as a small GIF (plays in markdown viewers too)."""
-    videos = sorted((root / "eval_sim").rglob("*.mp4"))
+    folder = next((f for f in (root / "eval_sim", root / "eval_sim_s0") if f.is_dir()), root / "eval_sim")
+    videos = sorted(folder.rglob("*.mp4"))
     if not videos:
         return None
     import imageio.v3 as iio
@@ -210,6 +249,13 @@ def write_report(root: Path, summary: dict) -> Path:
     sections.append(("Rollout", [] if gif else ["no video recorded"], [gif] if gif else []))
     sections.append(("Stage timings", timings_section(summary), []))
     sections.append(("Environment", environment_section(), []))
+    try:
+        comparison = arm_comparison(root)
+    except Exception:
+        log.exception("tuned-vs-control comparison failed")
+        comparison = None
+    headline = comparison.sentence() if comparison else "Tuned vs control: not evaluated in this run."
+    sections.insert(0, ("Result", [headline], []))
     md = ["# VST-VLA pipeline report", "", f"Output folder: `{root}`", ""]
     for title, lines, figures in sections:
         md += [f"## {title}", "", *lines, ""]

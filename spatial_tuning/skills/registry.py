@@ -8,16 +8,18 @@ from spatial_tuning.skills.base import SkillFn
 
 SKILLS: dict[str, SkillFn] = {}
 SCENARIO_OF: dict[str, str] = {}
+SCENES_OF: dict[str, str] = {}  # "procedural" (sim.procedural_scene) or "metaworld" (sim.manipulation_scene)
 _SCENARIO_ORDER = ("single_image", "multi_image", "video")
 
 
-def register(name: str, scenario: str):
-    """Register a skill function under `name` (its scenario is recorded for reports)."""
+def register(name: str, scenario: str, scenes: str = "procedural"):
+    """Register a skill function under `name` (its scenario is recorded for reports; `scenes` says which scenes
+    it asks about: procedural ones or MetaWorld manipulation states)."""
 
     def wrap(fn: SkillFn) -> SkillFn:
         if name in SKILLS:
             raise ValueError(f"skill {name!r} registered twice")
-        SKILLS[name], SCENARIO_OF[name] = fn, scenario
+        SKILLS[name], SCENARIO_OF[name], SCENES_OF[name] = fn, scenario, scenes
         return fn
 
     return wrap

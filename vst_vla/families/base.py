@@ -171,8 +171,11 @@ def supported_model_types() -> list[str]:
 
 
 def tiny_family(source: str | None) -> BackboneFamily | None:
-    """The family whose tiny preset `source` names (`tiny` is Qwen2.5-VL's, `tiny_<family>` the others'), or None."""
-    if source == _TINY_PREFIX:
+    """The family whose tiny preset `source` names (`tiny` and the size presets such as `small` are Qwen2.5-VL's,
+    `tiny_<family>` the others'), or None."""
+    from vst_vla.tiny import SIZE_PRESETS
+
+    if source == _TINY_PREFIX or source in SIZE_PRESETS:  # the larger presets are Qwen2.5-VL too
         return get_family("qwen2_5_vl")
     return next((f for f in _REGISTRY.values() if source == f.tiny_source), None)
 

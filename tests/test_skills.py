@@ -142,3 +142,12 @@ def test_multi_image_and_video_samples_through_the_real_processor(scene_ctxs, ti
         merge = processor.image_processor.merge_size ** 2
         pads = int((batch["input_ids"] == processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")).sum())
         assert pads == int(batch["image_grid_thw"].prod(dim=1).sum()) // merge
+
+
+def test_skill_groups_select_by_scene_kind():
+    from spatial_tuning.skills.registry import SCENES_OF, select_skills
+
+    procedural, metaworld = select_skills("procedural"), select_skills(["metaworld"])
+    assert set(metaworld) == {"gripper_relative_direction", "closer_to_gripper", "gripper_object_distance"}
+    assert set(procedural) | set(metaworld) == set(select_skills("all")) and not set(procedural) & set(metaworld)
+    assert all(SCENES_OF[name] == "procedural" for name in procedural)

@@ -26,11 +26,15 @@ def register(name: str, scenario: str, scenes: str = "procedural"):
 
 
 def select_skills(names: Iterable[str] | str | None = None) -> dict[str, SkillFn]:
-    """The skills named (None or "all": every registered skill), single-image first, then multi-image, video."""
+    """The skills named, single-image first, then multi-image, video. None or "all": every registered skill;
+    "procedural" / "metaworld": the skills asking about that kind of scene (the embedded default uses only the
+    procedural ones, whose scenes render in milliseconds; a MetaWorld scene costs seconds to build)."""
     ordered = sorted(SKILLS, key=lambda n: _SCENARIO_ORDER.index(SCENARIO_OF[n]))
     if names is None or names == "all" or list(names) == ["all"]:
         return {n: SKILLS[n] for n in ordered}
     names = [names] if isinstance(names, str) else list(names)
+    if len(names) == 1 and names[0] in set(SCENES_OF.values()):
+        return {n: SKILLS[n] for n in ordered if SCENES_OF[n] == names[0]}
     unknown = [n for n in names if n not in SKILLS]
     if unknown:
         raise KeyError(f"unknown skill(s) {unknown}; registered: {', '.join(SKILLS)}")

@@ -10,12 +10,14 @@ import pytest
 from kill_helpers import kill_after_progress, vst_vla
 
 from spatial_tuning.readers import load_samples
-from spatial_tuning.skills import SKILLS
+from spatial_tuning.skills import select_skills
 from spatial_tuning.synth import LetterBalancer, is_thought, run
 from spatial_tuning.synth_journal import SceneJournal
 from vst_vla.atomic import OutputDirError, is_complete
 from vst_vla.cli import COMMANDS
 
+# experiment=tiny generates the procedural skills (the MetaWorld ones: tests/test_manipulation_skills.py).
+SKILLS = select_skills("procedural")
 OVERRIDES = ["image_size=64", "counts_per_skill.train=3", "counts_per_skill.test=1", "thought_fraction=0.34"]
 
 
@@ -81,7 +83,7 @@ def test_preview_shows_every_skill(synth_dirs):
 def test_complete_output_is_reused_not_rewritten(synth_dirs, compose):
     out = synth_dirs[0]
     before = (out / "vst_p" / "train.parquet").stat().st_mtime_ns
-    result = run(compose("synth", [*OVERRIDES, f"output_dir={out}"]))
+    result = run(compose("synth", [*OVERRIDES, f"output_dir={out}", "experiment=tiny"]))
     assert result["reused"] and (out / "vst_p" / "train.parquet").stat().st_mtime_ns == before
 
 
@@ -161,3 +163,13 @@ def test_synth_killed_at_a_random_point_then_rerun_gives_the_same_bytes(synth_di
     for rel in PARQUETS:  # synth_dirs[0]: the same settings, uninterrupted, in this process
         assert (out / rel).read_bytes() == (synth_dirs[0] / rel).read_bytes(), rel
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "run"]
+
+
+def test_manipulation_skills_are_written_and_read_back(compose, tmp_path):
+    """The MetaWorld skills through the real synth run: rows in the release format, ground truth the reader accepts."""
+    out = tmp_path / "m"
+    run(compose("synth", ["image_size=32", "counts_per_skill.train=2", "counts_per_skill.test=1", "skills=metaworld",
+                          "thought_fraction=0", f"output_dir={out}", "experiment=tiny"]))
+    train = load_samples(out / "vst_p" / "train.parquet", on_bad_sample="error")
+    assert Counter(s.skill for s in train) == {name: 2 for name in select_skills("metaworld")}
+    assert all(s.meta_info["image_flipped"] and s.pil_images()[0].size == (32, 32) for s in train)

@@ -140,7 +140,7 @@ def test_rl_killed_mid_run_resumes_to_the_uninterrupted_result(tmp_path):
 def _vla_argv(dataset: Path, out: Path, *extra: str) -> list[str]:
     # Augmentation stays on (the default); the flow head also draws noise and timesteps from torch's RNG.
     return ["vla", "experiment=tiny", "head=flow", "head.flow_steps=2", f"dataset_root={dataset}",
-            f"output_dir={out}", f"hydra.run.dir={out}/hydra", "train.max_steps=10", "train.save_steps=2",
+            f"output_dir={out}", f"hydra.run.dir={out}/hydra", "train.max_steps=20", "train.save_steps=2",
             "train.warmup_steps=2", "train.report_to=[]", "trainer.logging_steps=1", *extra]
 
 
@@ -171,7 +171,7 @@ def test_vla_with_augmentation_killed_mid_run_resumes_to_the_uninterrupted_resul
 
     a = json.loads((straight / "train_metrics.json").read_text())
     b = json.loads((killed / "train_metrics.json").read_text())
-    assert _resumed_step(b["resumed_from"]) == k and b["steps"] == a["steps"] == 10
+    assert _resumed_step(b["resumed_from"]) == k and b["steps"] == a["steps"] == 20
     assert b["first_loss"] == a["first_loss"] and b["last_loss"] == a["last_loss"]  # the run's, not the resume's
     _assert_same_weights(straight / "policy" / "model.safetensors", killed / "policy" / "model.safetensors")
     assert (_actions(straight / "policy") - _actions(killed / "policy")).abs().max().item() <= 1e-6
@@ -179,7 +179,9 @@ def test_vla_with_augmentation_killed_mid_run_resumes_to_the_uninterrupted_resul
     # A rerun of a finished run continues from its last checkpoint (nothing left to train), never restarts.
     _finish(_vla_argv(dataset, killed), tmp_path / "again.log")
     again = json.loads((killed / "train_metrics.json").read_text())
-    assert again["resumed_from"].endswith("checkpoint-10") and again["first_loss"] == a["first_loss"]
+    assert again["resumed_from"].endswith("checkpoint-20") and again["first_loss"] == a["first_loss"]
+    assert again["steps"] == 20  # no extra optimizer step from a checkpoint at the budget
+    _assert_same_weights(straight / "policy" / "model.safetensors", killed / "policy" / "model.safetensors")
 
 
 # --- the resume setting ----------------------------------------------------------------------------------

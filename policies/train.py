@@ -18,7 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_model
 from torch.utils.data import default_collate
-from transformers import Trainer, TrainerState, TrainingArguments
+from transformers import Trainer, TrainingArguments
 
 from policies.configuration_vst_vla import VSTVLAConfig
 from policies.data import (
@@ -30,7 +30,12 @@ from policies.data import (
 )
 from policies.loading import LoadedPolicy, load_policy, new_policy, save_policy
 from vst_vla.atomic import write_json
-from vst_vla.checkpoints import MarkCheckpointComplete, remove_incomplete_checkpoints, resolve_resume
+from vst_vla.checkpoints import (
+    MarkCheckpointComplete,
+    remove_incomplete_checkpoints,
+    resolve_resume,
+    train_or_restore,
+)
 from vst_vla.errors import UserError
 from vst_vla.hydra_run import resolve_out, setup_torch
 
@@ -136,15 +141,7 @@ def run(cfg: DictConfig) -> Path:
     trainer = PolicyTrainer(model=loaded.policy, args=training_arguments(cfg, out), train_dataset=dataset,
                             data_collator=default_collate, callbacks=[MarkCheckpointComplete()], loaded=loaded,
                             augmentation=training_augmentation(cfg, loaded.config))
-    state_file = Path(str(resume)) / "trainer_state.json" if isinstance(resume, str) else None
-    if state_file is not None and state_file.is_file() and \
-            TrainerState.load_from_json(str(state_file)).global_step >= int(cfg.train.max_steps):
-        # The run already reached its budget (killed after its last checkpoint, or a rerun of a finished run):
-        # Trainer would still take one more optimizer step from such a checkpoint, so only its weights are read.
-        trainer._load_from_checkpoint(str(resume))
-        trainer.state = TrainerState.load_from_json(str(state_file))
-    else:
-        trainer.train(resume_from_checkpoint=resume)
+    train_or_restore(trainer, resume, int(cfg.train.max_steps))
     loaded.policy.eval()
     policy_dir = save_policy(loaded.policy, loaded.preprocessor, loaded.postprocessor, out / "policy")
     # The log history comes back with a resumed checkpoint, so these are the whole run's first and last loss.

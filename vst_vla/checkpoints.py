@@ -21,7 +21,7 @@ import re
 import shutil
 from pathlib import Path
 
-from transformers import TrainerCallback
+from transformers import TrainerCallback, TrainerState
 
 from vst_vla.atomic import is_complete, mark_complete
 
@@ -113,3 +113,17 @@ class MarkCheckpointComplete(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         if args.should_save:
             mark_complete(Path(args.output_dir) / f"checkpoint-{state.global_step}")
+
+
+def train_or_restore(trainer, resume: str | bool | None, max_steps: int) -> None:
+    """`trainer.train(resume_from_checkpoint=resume)`, except from a checkpoint already at `max_steps` (a run killed
+    after its last checkpoint, or a rerun of a finished run): Trainer would still take one more optimizer step
+    there, so only the checkpoint's weights and state are read."""
+    state_file = Path(str(resume)) / "trainer_state.json" if isinstance(resume, str) else None
+    if state_file is not None and state_file.is_file():
+        state = TrainerState.load_from_json(str(state_file))
+        if state.global_step >= int(max_steps):
+            trainer._load_from_checkpoint(str(resume))
+            trainer.state = state
+            return
+    trainer.train(resume_from_checkpoint=resume)

@@ -6,6 +6,7 @@ Both take the raw LeRobot batch of `sim.policy_io.observation_to_batch` and retu
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -55,7 +56,10 @@ class ScriptedExpert:
             raise KeyError(f"the scripted expert needs {ENV_STATE_KEY!r} in the batch; set "
                            "env.privileged_state=true")
         states = batch[ENV_STATE_KEY].detach().cpu().numpy().astype(np.float64)
-        actions = np.stack([self._policy(text).get_action(state) for text, state in zip(batch["task"], states)])
+        with warnings.catch_warnings():  # MetaWorld's experts warn on every clipped action; the clip is intended
+            warnings.filterwarnings("ignore", message=r"Constant\(s\) may be too high")
+            actions = np.stack([self._policy(text).get_action(state)
+                                for text, state in zip(batch["task"], states)])
         if self.noise_std > 0:
             rngs = self._row_rngs if len(self._row_rngs) == len(actions) else [self._rng] * len(actions)
             actions = actions + np.stack([rng.normal(0.0, self.noise_std, size=actions.shape[1:]) for rng in rngs])

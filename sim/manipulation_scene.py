@@ -8,6 +8,7 @@ label a question can use; the gripper point is MetaWorld's own `tcp_center` (the
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -79,7 +80,9 @@ def pose_state(task: str, seed: int, rng: np.random.Generator, image_size: int, 
     expert = ENV_POLICY_MAP[env.task]()
     steps = 0 if free_hand else int(rng.integers(0, max_expert_steps + 1))
     for _ in range(steps):
-        action = expert.get_action(obs) + rng.normal(0.0, noise_std, size=4)
+        with warnings.catch_warnings():  # MetaWorld's experts warn on every clipped action; the clip is intended
+            warnings.filterwarnings("ignore", message=r"Constant\(s\) may be too high")
+            action = expert.get_action(obs) + rng.normal(0.0, noise_std, size=4)
         obs, *_ = sim.step(np.clip(action, -1.0, 1.0).astype(np.float32))
     chosen = objects if objects is not None else MANIPULATION_OBJECTS[env.task]
     return ManipulationState(env.task, env, dict(chosen), steps)

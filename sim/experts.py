@@ -69,8 +69,9 @@ class ScriptedExpert:
 class RandomPolicy:
     """Uniform random actions in [-1, 1]: the chance-level baseline."""
 
-    def __init__(self, action_dim: int = ACTION_DIM, seed: int = 0) -> None:
-        self.action_dim = int(action_dim)
+    def __init__(self, action_dim: int | None = ACTION_DIM, seed: int = 0) -> None:
+        # None: set by `sim.rollout.evaluate` from the env's action feature before the first step
+        self.action_dim = None if action_dim is None else int(action_dim)
         self.seed = int(seed)
         self._rng = np.random.default_rng(self.seed)
         self._row_rngs: list[np.random.Generator] = []

@@ -155,6 +155,8 @@ def evaluate(policy: Policy, env_cfg: Any, n_episodes: int, n_envs: int = 1, vec
     the results equal an uninterrupted run's). `meta` is added to the result's meta (e.g. the latency setting).
     """
     spec = env_spec(env_cfg)
+    if hasattr(policy, "action_dim") and policy.action_dim is None:  # e.g. policy=random: the env's action size
+        policy.action_dim = int(spec.features["action"]["shape"][0])
     n_envs = max(1, min(int(n_envs), int(n_episodes)))
     camera_key = spec.image_keys[0]
     name = policy_name or type(policy).__name__

@@ -72,7 +72,7 @@ def test_eval_sim_runs_libero_with_seven_dim_actions(compose):
     from sim.rollout import evaluate
 
     cfg = compose("eval-sim", ["env=libero", f"task={TASK}", f"env.image_size={SIZE}", "env.max_episode_steps=3",
-                               "env.hard_reset=false", "policy=random", "policy.action_dim=7"])
+                               "env.hard_reset=false", "policy=random"])
     result = evaluate(instantiate(cfg.policy), cfg.env, n_episodes=1, n_envs=1, vector_mode="sync", progress=False)
     assert result.n_episodes == 1 and result.episodes[0].length == 3 and result.meta["tasks"] == [TASK]
     assert result.meta["camera"] == "observation.images.image"

@@ -136,8 +136,8 @@ def run(cfg: DictConfig) -> Path:
     remove_incomplete_checkpoints(out / "checkpoints")
     torch.manual_seed(int(cfg.train.seed))
     loaded, dataset = build_policy(cfg, Path(cfg.dataset_root))
-    log.info("training vst_vla head=%s on %s (%d frames, %d episodes)%s", loaded.config.head, cfg.dataset_root,
-             dataset.num_frames, dataset.num_episodes, f", resuming from {resume}" if resume else "")
+    log.info("training vst_vla head=%s on %s (%d frames, %d episodes)", loaded.config.head, cfg.dataset_root,
+             dataset.num_frames, dataset.num_episodes)
     trainer = PolicyTrainer(model=loaded.policy, args=training_arguments(cfg, out), train_dataset=dataset,
                             data_collator=default_collate, callbacks=[MarkCheckpointComplete()], loaded=loaded,
                             augmentation=training_augmentation(cfg, loaded.config))

@@ -50,7 +50,12 @@ from spatial_tuning.sample import SpatialSample
 from spatial_tuning.sft_trainer import BackboneCheckpointLoading
 from vst_vla.atomic import atomic_directory, write_json, write_text
 from vst_vla.backbone import load_backbone, save_backbone
-from vst_vla.checkpoints import MarkCheckpointComplete, remove_incomplete_checkpoints, resolve_resume
+from vst_vla.checkpoints import (
+    MarkCheckpointComplete,
+    remove_incomplete_checkpoints,
+    resolve_resume,
+    train_or_restore,
+)
 from vst_vla.errors import UnsupportedHereError
 from vst_vla.families import family_of
 
@@ -302,7 +307,7 @@ def train_rl(cfg: DictConfig, samples: Sequence[SpatialSample], output_dir: Path
             train_dataset=dataset, reward_funcs=make_reward_funcs(require_think=think is not False),
             callbacks=[MarkCheckpointComplete(), log_callback, time_limit], dapo_filter=bool(cfg.grpo.dapo_filter),
         )
-        trainer.train(resume_from_checkpoint=resume)
+        train_or_restore(trainer, resume, int(cfg.grpo.max_steps))
     with atomic_directory(output_dir / "checkpoint-final", overwrite=True) as tmp:
         save_backbone(trainer.model, processor, tmp)
     summary = reward_trend(log_callback.rows)

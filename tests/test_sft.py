@@ -87,6 +87,15 @@ def test_resume_reaches_the_same_weights(compose, tiny_backbone, tmp_path):
     for name in a:
         torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=0, msg=name)
 
+    # A rerun of the finished run reads its last checkpoint (at the budget) and trains no further step.
+    again = train_sft(_cfg(compose, tmp_path / "full", *steps), copy.deepcopy(model), processor, train, [],
+                      out_dir=tmp_path / "full")
+    assert again["resumed_from"].endswith("checkpoint-4")
+    assert again["train_losses"] == pytest.approx(full["train_losses"], abs=1e-6)
+    c = load_file(tmp_path / "full" / FINAL_CHECKPOINT / "model.safetensors")
+    for name in a:
+        torch.testing.assert_close(a[name], c[name], atol=0, rtol=0, msg=name)
+
 
 def test_vision_learning_rate_and_freezing(compose, tiny_backbone, tmp_path):
     model, processor = tiny_backbone

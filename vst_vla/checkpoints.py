@@ -89,8 +89,6 @@ def resolve_resume(value: object, checkpoint_dir: str | Path, final_artifact: st
     if mode == "auto" and latest is None and final_exists:
         raise ResumeError(f"{final_artifact} exists but {checkpoint_dir} holds no checkpoint-N to continue from; "
                           "pass a new output_dir or delete that folder to train again")
-    if latest is not None and mode == "auto":
-        log.info("resuming from %s (%s=auto)", latest, key)
     return str(latest) if mode == "auto" and latest is not None else None
 
 
@@ -115,15 +113,20 @@ class MarkCheckpointComplete(TrainerCallback):
             mark_complete(Path(args.output_dir) / f"checkpoint-{state.global_step}")
 
 
-def train_or_restore(trainer, resume: str | bool | None, max_steps: int) -> None:
+def train_or_restore(trainer, resume: str | bool | None, max_steps: int) -> dict[str, float]:
     """`trainer.train(resume_from_checkpoint=resume)`, except from a checkpoint already at `max_steps` (a run killed
     after its last checkpoint, or a rerun of a finished run): Trainer would still take one more optimizer step
-    there, so only the checkpoint's weights and state are read."""
+    there, so only the checkpoint's weights and state are read. Returns the training metrics (none when nothing
+    was left to train)."""
     state_file = Path(str(resume)) / "trainer_state.json" if isinstance(resume, str) else None
     if state_file is not None and state_file.is_file():
         state = TrainerState.load_from_json(str(state_file))
-        if state.global_step >= int(max_steps):
+        budget = int(max_steps) if int(max_steps) > 0 else int(state.max_steps)  # <= 0: epochs, as saved
+        if budget > 0 and state.global_step >= budget:
+            log.info("%s is at the step budget (%d): read, nothing left to train", resume, budget)
             trainer._load_from_checkpoint(str(resume))
             trainer.state = state
-            return
-    trainer.train(resume_from_checkpoint=resume)
+            return {}
+    if resume:
+        log.info("resuming from %s", resume)
+    return dict(trainer.train(resume_from_checkpoint=resume).metrics)

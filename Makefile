@@ -45,7 +45,9 @@ demo: $(STAMP)
 	$(VENV)/bin/vst-vla pipeline experiment=tiny output_dir=$(DEMO_DIR)
 	@echo "report: $(DEMO_DIR)/report.md (and report.html)"
 
+# Lint first (seconds): CI runs `make test`, so a ruff finding fails CI as a failing test does.
 test: $(STAMP) $(ROBOT_STAMP)
+	$(VENV)/bin/ruff check vst_vla spatial_tuning policies sim tests bench
 	$(VENV)/bin/python -m pytest tests
 
 bench: $(STAMP)

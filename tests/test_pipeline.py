@@ -18,8 +18,8 @@ from vst_vla.pipeline import DONE_MARKER, STAGE_NAMES
 # A pipeline of the first two stages at toy size: enough SFT steps that a kill lands between checkpoints.
 SMALL = [
     "stages=[synth,sft]", "report=true",
-    "stage_overrides.synth=['counts_per_skill.train=3','counts_per_skill.test=1','image_size=56',"
-    "'skills=[depth_comparison,absolute_depth,counting,camera_motion]']",
+    ("stage_overrides.synth=['counts_per_skill.train=3','counts_per_skill.test=1','image_size=56',"
+    "'skills=[depth_comparison,absolute_depth,counting,camera_motion]']"),
     "stage_overrides.sft=['optim.max_steps=8','save_steps=2','max_tokens_per_pack=512','report_to=[]']",
 ]
 

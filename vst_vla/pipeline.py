@@ -230,7 +230,8 @@ def run(cfg: DictConfig) -> dict:
             continue
         timings[stage.name] = run_stage(stage, layout, cfg)
     summary = {"root": str(root), "wall_seconds": round(time.perf_counter() - started, 1), "stages": timings,
-               "peak_rss_mb": _peak_rss_mb()}
+               "peak_rss_mb": _peak_rss_mb(),
+               "backbone": {key: str(cfg.model.get(key)) for key in ("name", "family", "source")}}
     write_json(root / "pipeline.json", summary)
     if cfg.report:
         from vst_vla.report import write_report

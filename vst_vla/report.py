@@ -62,10 +62,10 @@ def sft_section(root: Path, fig_dir: Path) -> tuple[list[str], list[Path]]:
         ax.legend()
 
     fig = _figure(fig_dir / "sft_loss.png", draw)
-    lines = [f"Held-out loss {metrics.get('eval_loss_start', float('nan')):.4f} -> "
+    lines = [(f"Held-out loss {metrics.get('eval_loss_start', float('nan')):.4f} -> "
              f"{metrics.get('eval_loss_end', float('nan')):.4f} "
              f"({100 * metrics.get('eval_loss_ratio', float('nan')):.1f}% of start); "
-             f"{metrics.get('train_tokens', 0)} tokens trained; checkpoint `{metrics.get('checkpoint')}`."]
+             f"{metrics.get('train_tokens', 0)} tokens trained; checkpoint `{metrics.get('checkpoint')}`.")]
     return lines, [fig] if fig else []
 
 
@@ -255,7 +255,10 @@ def write_report(root: Path, summary: dict) -> Path:
         log.exception("tuned-vs-control comparison failed")
         comparison = None
     headline = comparison.sentence() if comparison else "Tuned vs control: not evaluated in this run."
-    sections.insert(0, ("Result", [headline], []))
+    backbone = summary.get("backbone")
+    about = ([f"Backbone: `{backbone['name']}` ({backbone['family']} family, source `{backbone['source']}`)."]
+             if backbone else [])
+    sections.insert(0, ("Result", [headline, "", *about], []))
     md = ["# VST-VLA pipeline report", "", f"Output folder: `{root}`", ""]
     for title, lines, figures in sections:
         md += [f"## {title}", "", *lines, ""]
@@ -267,8 +270,8 @@ def write_report(root: Path, summary: dict) -> Path:
 
 def _html(sections, root: Path) -> str:
     parts = ["<!doctype html><meta charset='utf-8'><title>VST-VLA pipeline report</title>",
-             "<style>body{font-family:sans-serif;max-width:980px;margin:auto}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:2px 6px;font-size:13px}</style>",
+             ("<style>body{font-family:sans-serif;max-width:980px;margin:auto}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:2px 6px;font-size:13px}</style>"),
              f"<h1>VST-VLA pipeline report</h1><p>Output folder: <code>{html.escape(str(root))}</code></p>"]
     for title, lines, figures in sections:
         parts.append(f"<h2>{html.escape(title)}</h2>")

@@ -152,7 +152,7 @@ def build_config(spec: TinySpec, tokenizer):
     mrope_section = [half - 2 * (half // 4 + half // 8), half // 4 + half // 8, half // 4 + half // 8]
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN2_5_VL_SPECIAL_TOKENS}
     return Qwen2_5_VLConfig(
-        text_config=dict(
+        text_config=dict(  # noqa: C408 (mirrors the config keyword names)
             vocab_size=len(tokenizer), hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
             num_hidden_layers=spec.num_hidden_layers, num_attention_heads=spec.num_attention_heads,
             num_key_value_heads=spec.num_key_value_heads, max_position_embeddings=8192, max_window_layers=spec.num_hidden_layers,
@@ -160,7 +160,7 @@ def build_config(spec: TinySpec, tokenizer):
             bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
             tie_word_embeddings=True,
         ),
-        vision_config=dict(
+        vision_config=dict(  # noqa: C408
             depth=spec.vision_depth, hidden_size=spec.vision_hidden_size, intermediate_size=2 * spec.vision_hidden_size,
             num_heads=spec.vision_num_heads, out_hidden_size=spec.hidden_size, patch_size=14, spatial_merge_size=2,
             temporal_patch_size=2, window_size=112, fullatt_block_indexes=[spec.vision_depth - 1],

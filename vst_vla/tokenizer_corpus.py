@@ -25,7 +25,7 @@ z_size pitch yaw roll robot action should take arm gripper open close grasp pick
 drawer window button press lever handle peg insert plug faucet turn slide sweep hammer nail basketball hoop
 shelf bin coffee soccer goal stick dial disassemble assemble nut wrench puck goal target location task episode
 step what action should the robot take to pick up the object and place it at the goal
-""".split()
+""".split()  # noqa: SIM905 (a word list reads better as text)
 
 TEMPLATES = [
     "Which object is closer to the camera, the {c1} {o1} or the {c2} {o2}?",
@@ -34,8 +34,8 @@ TEMPLATES = [
     "How many {o1}s are in the image?",
     "Is the {c1} {o1} to the left or right of the {c2} {o2}?",
     "Output the 3D bounding box of the {c1} {o1} in the camera frame as JSON.",
-    "<think>The {c1} {o1} is at depth {n1}.{n2} m and the {c2} {o2} at {n3}.{n4} m, so the {o1} is closer."
-    "</think> ({L})",
+    ("<think>The {c1} {o1} is at depth {n1}.{n2} m and the {c2} {o2} at {n3}.{n4} m, so the {o1} is closer."
+     "</think> ({L})"),
     '```json\n[{{"label": "{c1} {o1}", "bbox_3d": [{n1}.{n2}, -0.{n3}, {n4}.{n1}, 0.{n2}, 0.{n3}, 0.{n4}, 0.0, -0.{n1}, 0.0]}}]\n```',
     "What action should the robot take to {verb} the {c1} {o1}?",
     "Options: (A) {c1} {o1} (B) {c2} {o2} (C) both (D) neither. Answer with the option's letter.",

@@ -48,9 +48,11 @@ def test_report_states_the_comparison_over_seeds(tmp_path):
     for seed in range(3):  # tuned: 8/10 per seed; control: 2/10 per seed
         _eval_json(tmp_path / f"eval_sim_s{seed}", [1] * 8 + [0] * 2)
         _eval_json(tmp_path / f"eval_sim_control_s{seed}", [1] * 2 + [0] * 8)
-    summary = {"root": str(tmp_path), "wall_seconds": 1.0, "peak_rss_mb": 1.0, "stages": {}}
+    summary = {"root": str(tmp_path), "wall_seconds": 1.0, "peak_rss_mb": 1.0, "stages": {},
+               "backbone": {"name": "small", "family": "qwen2_5_vl", "source": "small"}}
     text = write_report(tmp_path, summary).read_text()
     result = text.split("## Result", 1)[1].split("##", 1)[0]
+    assert "Backbone: `small` (qwen2_5_vl family, source `small`)." in result
     assert "The tuned arm beat the control by 60.0 points (80.0 % vs 20.0 %" in result
     assert "excludes zero" in result
     assert "| tuned (VST RL backbone) | 3 | 30 | 0.800 |" in text

@@ -8,11 +8,9 @@ from typing import Any
 import gymnasium as gym
 
 from sim.metaworld_env import (
-    ACTION_DIM,
     ACTION_NAMES,
     CONTROL_FPS,
     ENV_STATE_DIM,
-    STATE_DIM,
     STATE_NAMES,
     env_factory,
     env_kwargs,
@@ -39,6 +37,20 @@ class EnvSpec:
         return [k for k, f in self.features.items() if f["dtype"] in ("image", "video")]
 
 
+def lerobot_features(image_keys: list[str], image_size: int, video: bool, state_names: list[str],
+                     env_state_dim: int | None, action_names: list[str]) -> dict[str, dict[str, Any]]:
+    """LeRobot features `{key: {dtype, shape, names}}`: cameras (stored as `video` or `image`), the state, the
+    privileged environment state when `env_state_dim` is given, and the action."""
+    features: dict[str, dict[str, Any]] = {
+        key: {"dtype": "video" if video else "image", "shape": (image_size, image_size, 3),
+              "names": ["height", "width", "channels"]} for key in image_keys}
+    features["observation.state"] = {"dtype": "float32", "shape": (len(state_names),), "names": list(state_names)}
+    if env_state_dim is not None:
+        features["observation.environment_state"] = {"dtype": "float32", "shape": (env_state_dim,), "names": None}
+    features["action"] = {"dtype": "float32", "shape": (len(action_names),), "names": list(action_names)}
+    return features
+
+
 def env_spec(env_cfg: Any, video: bool = False, include_env_state: bool = False) -> EnvSpec:
     """The spec of an `env/metaworld` or `env/libero` config; `video` picks the dataset storage of the cameras."""
     if env_cfg.get("name") == "libero":
@@ -49,15 +61,9 @@ def env_spec(env_cfg: Any, video: bool = False, include_env_state: bool = False)
         raise ValueError(f"env={env_cfg.get('name')!r} runs through LeRobot's env configs (lerobot-eval), not "
                          f"through vst-vla collect/eval-sim; see configs/env/{env_cfg.get('name')}.yaml")
     kwargs = env_kwargs(env_cfg)
-    size = kwargs["image_size"]
-    features: dict[str, dict[str, Any]] = {
-        image_key(c): {"dtype": "video" if video else "image", "shape": (size, size, 3),
-                       "names": ["height", "width", "channels"]} for c in kwargs["cameras"]}
-    features["observation.state"] = {"dtype": "float32", "shape": (STATE_DIM,), "names": STATE_NAMES}
-    if include_env_state and kwargs["privileged_state"]:
-        features["observation.environment_state"] = {"dtype": "float32", "shape": (ENV_STATE_DIM,),
-                                                     "names": None}
-    features["action"] = {"dtype": "float32", "shape": (ACTION_DIM,), "names": ACTION_NAMES}
+    features = lerobot_features([image_key(c) for c in kwargs["cameras"]], kwargs["image_size"], video, STATE_NAMES,
+                                ENV_STATE_DIM if include_env_state and kwargs["privileged_state"] else None,
+                                ACTION_NAMES)
     tasks = tuple(resolve_tasks(env_cfg.get("task", "pick-place")))
     return EnvSpec(tasks=tasks, fps=CONTROL_FPS, features=features, max_episode_steps=kwargs["max_episode_steps"],
                    instructions={t: instruction(t) for t in tasks})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sim.env_spec import EnvSpec
+from sim.env_spec import EnvSpec, lerobot_features
 from sim.libero_env import (
     ENV_STATE_DIM,
     libero_env_kwargs,
@@ -13,10 +13,8 @@ from sim.libero_env import (
     split_task,
 )
 from sim.libero_protocol import (
-    ACTION_DIM,
     ACTION_NAMES,
     CONTROL_FPS,
-    STATE_DIM,
     STATE_NAMES,
     image_key,
     max_steps,
@@ -32,15 +30,9 @@ def libero_tasks(env_cfg: Any) -> list[str]:
 def libero_env_spec(env_cfg: Any, video: bool = False, include_env_state: bool = False) -> EnvSpec:
     """The spec of an `env/libero` config; features match LeRobot's LIBERO datasets (image, image2, 8-D state)."""
     kwargs = libero_env_kwargs(env_cfg)
-    size = kwargs["image_size"]
-    features: dict[str, dict[str, Any]] = {
-        image_key(c): {"dtype": "video" if video else "image", "shape": (size, size, 3),
-                       "names": ["height", "width", "channels"]} for c in kwargs["cameras"]}
-    features["observation.state"] = {"dtype": "float32", "shape": (STATE_DIM,), "names": STATE_NAMES}
-    if include_env_state and kwargs["privileged_state"]:
-        features["observation.environment_state"] = {"dtype": "float32", "shape": (ENV_STATE_DIM,),
-                                                     "names": None}
-    features["action"] = {"dtype": "float32", "shape": (ACTION_DIM,), "names": ACTION_NAMES}
+    features = lerobot_features([image_key(c) for c in kwargs["cameras"]], kwargs["image_size"], video, STATE_NAMES,
+                                ENV_STATE_DIM if include_env_state and kwargs["privileged_state"] else None,
+                                ACTION_NAMES)
     tasks = tuple(libero_tasks(env_cfg))
     budget = kwargs["max_episode_steps"] or max(max_steps(split_task(t)[0]) for t in tasks)
     return EnvSpec(tasks=tasks, fps=CONTROL_FPS, features=features, max_episode_steps=budget,

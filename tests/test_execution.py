@@ -5,11 +5,10 @@ at a given delay, counted in steps)."""
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import pytest
 import torch
+from policy_fixtures import front_camera_observation, tiny_vla_policy
 
 from policies.execution.action_queue import AsyncChunkQueue, run_with_delay, threshold_for_delay
 from policies.execution.rtc import RTCExecutor, guidance_weight, prefix_weights, rtc_sample
@@ -113,31 +112,12 @@ def test_async_queue_aggregates_overlapping_steps_like_lerobot():
 
 # --- the real policy: execution modes through select_action ---------------------------------------------------
 
-def _policy(tiny_backbone, head: str, **execution):
-    from lerobot.configs import FeatureType, PolicyFeature
-
-    from policies.configuration_vst_vla import VSTVLAConfig
-    from policies.modeling_vst_vla import VSTVLAPolicy
-
-    config = VSTVLAConfig(head=head, chunk_size=6, n_action_steps=3, image_size=56, device="cpu", flow_steps=3,
-                          input_features={"observation.images.front": PolicyFeature(FeatureType.VISUAL, (3, 32, 32)),
-                                          "observation.state": PolicyFeature(FeatureType.STATE, (4,))},
-                          output_features={"action": PolicyFeature(FeatureType.ACTION, (2,))}, **execution)
-    torch.manual_seed(0)
-    return VSTVLAPolicy(config, backbone=copy.deepcopy(tiny_backbone)).eval()
-
-
-def _batch(seed: int) -> dict:
-    generator = torch.Generator().manual_seed(seed)
-    return {"observation.images.front": torch.rand(1, 3, 32, 32, generator=generator),
-            "observation.state": torch.randn(1, 4, generator=generator), "task": ["push the button"]}
-
-
 def test_policy_temporal_ensemble_averages_its_own_chunks(tiny_backbone):
-    policy = _policy(tiny_backbone, "l1_chunk", execution_mode="temporal_ensemble", temporal_ensemble_coeff=0.5)
-    chunks = [policy.predict_action_chunk(_batch(k))[0] for k in range(3)]
+    policy = tiny_vla_policy(tiny_backbone, flow_steps=3, head="l1_chunk", execution_mode="temporal_ensemble",
+                             temporal_ensemble_coeff=0.5)
+    chunks = [policy.predict_action_chunk(front_camera_observation(k))[0] for k in range(3)]
     policy.reset()
-    actions = [policy.select_action(_batch(k))[0] for k in range(3)]
+    actions = [policy.select_action(front_camera_observation(k))[0] for k in range(3)]
     w = np.exp(-0.5 * np.arange(3))
     torch.testing.assert_close(actions[0], chunks[0][0])
     torch.testing.assert_close(actions[2], (w[0] * chunks[0][2] + w[1] * chunks[1][1] + w[2] * chunks[2][0]) / w.sum(),
@@ -146,17 +126,17 @@ def test_policy_temporal_ensemble_averages_its_own_chunks(tiny_backbone):
 
 def test_policy_rtc_commits_the_previous_chunks_actions_and_rejects_other_heads(tiny_backbone):
     d, s = 1, 3
-    policy = _policy(tiny_backbone, "flow", execution_mode="rtc", inference_delay_steps=d)
+    policy = tiny_vla_policy(tiny_backbone, flow_steps=3, head="flow", execution_mode="rtc", inference_delay_steps=d)
     noise = torch.randn(1, 6, 2, generator=torch.Generator().manual_seed(1))
-    first = policy.predict_action_chunk(_batch(0), noise=noise)[0]
-    executed = [policy.select_action(_batch(k), noise=noise)[0] for k in range(2 * s)]
+    first = policy.predict_action_chunk(front_camera_observation(0), noise=noise)[0]
+    executed = [policy.select_action(front_camera_observation(k), noise=noise)[0] for k in range(2 * s)]
     torch.testing.assert_close(torch.stack(executed[:s]), first[:s])  # open loop through the first chunk
     torch.testing.assert_close(executed[s], first[s])  # committed during the (simulated) inference delay
     assert torch.isfinite(torch.stack(executed)).all()
     with pytest.raises(ValueError, match="execution_mode=rtc needs head=flow"):
-        _policy(tiny_backbone, "l1_chunk", execution_mode="rtc")
+        tiny_vla_policy(tiny_backbone, flow_steps=3, head="l1_chunk", execution_mode="rtc")
     with pytest.raises(ValueError, match="inference_delay_steps \\(4\\) <= n_action_steps"):
-        _policy(tiny_backbone, "flow", execution_mode="rtc", inference_delay_steps=4)
+        tiny_vla_policy(tiny_backbone, flow_steps=3, head="flow", execution_mode="rtc", inference_delay_steps=4)
 
 
 def test_rtc_executor_replans_every_horizon_with_the_remaining_actions_as_target():

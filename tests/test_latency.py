@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from policy_fixtures import front_camera_observation, tiny_vla_policy
 
 from sim.eval_report import mean_squared_jerk
 from sim.eval_sim import run as eval_sim_run
@@ -97,35 +98,15 @@ def test_mean_squared_jerk_by_hand():
 
 # --- the real policy --------------------------------------------------------------------------------------------
 
-def _tiny_policy(tiny_backbone, head: str, **execution):
-    from lerobot.configs import FeatureType, PolicyFeature
-
-    from policies.configuration_vst_vla import VSTVLAConfig
-    from policies.modeling_vst_vla import VSTVLAPolicy
-
-    config = VSTVLAConfig(head=head, chunk_size=6, n_action_steps=3, image_size=56, device="cpu", flow_steps=2,
-                          input_features={"observation.images.front": PolicyFeature(FeatureType.VISUAL, (3, 32, 32)),
-                                          "observation.state": PolicyFeature(FeatureType.STATE, (4,))},
-                          output_features={"action": PolicyFeature(FeatureType.ACTION, (2,))}, **execution)
-    torch.manual_seed(0)
-    return VSTVLAPolicy(config, backbone=copy.deepcopy(tiny_backbone)).eval()
-
-
-def _observation(k: int) -> dict:
-    generator = torch.Generator().manual_seed(k)
-    return {"observation.images.front": torch.rand(1, 3, 32, 32, generator=generator),
-            "observation.state": torch.randn(1, 4, generator=generator), "task": ["push the button"]}
-
-
 @pytest.mark.parametrize(("head", "mode"), [("flow", "open_loop"), ("l1_chunk", "temporal_ensemble"), ("flow", "rtc")])
 def test_without_delay_the_wrapper_executes_what_the_policy_itself_does(tiny_backbone, head, mode):
-    policy = _tiny_policy(tiny_backbone, head, execution_mode=mode, temporal_ensemble_coeff=0.5)
+    policy = tiny_vla_policy(tiny_backbone, head, execution_mode=mode, temporal_ensemble_coeff=0.5)
     runs = []
     for actor in (policy, DelayedChunkPolicy(policy, delay=0)):
         actor.reset()
         torch.manual_seed(7)  # the flow head's noise: the same draws in the same order
         with torch.inference_mode():
-            runs.append(torch.stack([actor.select_action(_observation(k))[0] for k in range(7)]))
+            runs.append(torch.stack([actor.select_action(front_camera_observation(k))[0] for k in range(7)]))
     torch.testing.assert_close(runs[1], runs[0], atol=1e-5, rtol=1e-5)
 
 

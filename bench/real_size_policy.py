@@ -181,4 +181,23 @@ def load_seconds(loaded: LoadedPolicy, root: Path, device: str) -> dict[str, flo
     start = time.perf_counter()
     load_policy(path, device=device)
     full = time.perf_counter() - start
-    return {"read_s": read, "load_s": full, "path": str(path)}
+    return {"read_s": read, "load_s": full, "random_init_load_s": _random_init_load_seconds(path, device),
+            "path": str(path)}
+
+
+def _random_init_load_seconds(path: Path, device: str) -> float:
+    """The loading `load_policy` replaced: a randomly initialised architecture, then the weights copied in."""
+    from safetensors.torch import load_model
+
+    from policies.modeling_vst_vla import VSTVLAPolicy, build_backbone_architecture
+
+    start = time.perf_counter()
+    config = VSTVLAConfig.from_pretrained(path)
+    config.device = device
+    policy = VSTVLAPolicy(config, backbone=build_backbone_architecture(path / "backbone", config))
+    load_model(policy, path / "model.safetensors", strict=True, device=device)
+    policy.to(device)
+    synchronize(device)
+    seconds = time.perf_counter() - start
+    del policy
+    return seconds

@@ -143,7 +143,7 @@ def test_real_size_benchmark_runs_at_small_size(tmp_path):
     eager, compiled = result["latency"]["eager"], result["latency"]["compiled"]
     assert {"prepare", "prefill", "tokens", "l1_chunk", "flow", "l1_chunk_e2e"} <= eager.keys()
     assert {"prefill", "l1_chunk", "flow"} <= compiled.keys() and "tokens" not in compiled
-    assert result["load"]["load_s"] > 0 and result["load"]["read_s"] > 0
+    assert result["load"]["load_s"] > 0 and result["load"]["read_s"] > 0 and result["load"]["random_init_load_s"] > 0
     for mode in ("eager", "compiled"):
         served = result["serve"][mode]
         assert served["errors"] == 0 and served["requests"] == 3 and served["p50_ms"] > 0

@@ -36,11 +36,12 @@ def compile_setting(value: Any) -> str:
     return text
 
 
-def compile_enabled(setting: Any, device: torch.device | str) -> bool:
+def compile_enabled(setting: Any, device: torch.device | str, head: str | None = None) -> bool:
     """Whether a policy on `device` is compiled: `true`, or `auto` on CUDA (eager PyTorch at batch 1 is
-    launch-bound there; on CPU compilation costs minutes and gains little)."""
+    launch-bound there; on CPU compilation costs minutes and gains little) for the one-pass heads: the `tokens`
+    head decodes step by step against a growing cache, a new shape each step, so `auto` leaves it eager."""
     setting = compile_setting(setting)
-    return setting == "true" or (setting == "auto" and torch.device(device).type == "cuda")
+    return setting == "true" or (setting == "auto" and torch.device(device).type == "cuda" and head != "tokens")
 
 
 def compiled_modules(policy: nn.Module, scope: str = "language_model") -> list[nn.Module]:

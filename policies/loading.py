@@ -165,7 +165,7 @@ def load_policy(path: str | Path, device: str = "cpu", n_action_steps: int | Non
     from policies.compiled import compile_enabled, compile_policy, warm_up
 
     policy_device = next(policy.parameters()).device
-    if compile_enabled(config.compile, policy_device):
+    if compile_enabled(config.compile, policy_device, config.head):
         log.info("policy inference: compiled (compile=%s on %s; %s, %s, %s), warming up", config.compile,
                  policy_device, config.compile_backend, config.compile_mode, config.compile_scope)
         compile_policy(policy, config.compile_mode, config.compile_backend, config.compile_scope)

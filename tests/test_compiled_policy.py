@@ -68,7 +68,8 @@ def test_blank_observation_and_bad_mode(tiny_backbone, tmp_path):
 
 
 def test_compile_auto_is_eager_on_cpu_and_compiled_on_cuda(tiny_backbone, tmp_path, caplog):
-    assert compile_enabled("auto", "cuda") and compile_enabled("auto", torch.device("cuda", 1))
+    assert compile_enabled("auto", "cuda") and compile_enabled("auto", torch.device("cuda", 1), head="flow")
+    assert not compile_enabled("auto", "cuda", head="tokens") and compile_enabled("true", "cuda", head="tokens")
     assert not compile_enabled("auto", "cpu") and compile_enabled(True, "cpu") and not compile_enabled("False", "cuda")
     with pytest.raises(ValueError, match="policy compile='sometimes' is not one of auto, true, false"):
         compile_enabled("sometimes", "cpu")

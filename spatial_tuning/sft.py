@@ -41,7 +41,12 @@ from spatial_tuning.sft_trainer import (
 )
 from vst_vla.atomic import atomic_directory, write_json
 from vst_vla.backbone import save_backbone
-from vst_vla.checkpoints import MarkCheckpointComplete, remove_incomplete_checkpoints, resolve_resume
+from vst_vla.checkpoints import (
+    MarkCheckpointComplete,
+    remove_incomplete_checkpoints,
+    resolve_resume,
+    train_or_restore,
+)
 from vst_vla.families import family_of
 from vst_vla.hydra_run import resolve_out, setup_torch
 
@@ -196,8 +201,10 @@ def train_sft(cfg: DictConfig, model, processor, train_samples: Sequence[Spatial
         start = _eval_loss_start(trainer, out_dir, resume)
         if start is not None:
             metrics["eval_loss_start"] = start
-    result = trainer.train(resume_from_checkpoint=resume)
-    metrics.update({k: v for k, v in result.metrics.items() if isinstance(v, (int, float))})
+    result = train_or_restore(trainer, resume, int(cfg.optim.max_steps))  # None: the checkpoint was at the budget
+    if result is not None:
+        metrics.update({k: v for k, v in result.metrics.items() if isinstance(v, (int, float))})
+    metrics["global_step"] = int(trainer.state.global_step)
     metrics["train_tokens"] = int(trainer.state.num_input_tokens_seen)
     metrics["train_losses"] = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     if evaluation is not None:

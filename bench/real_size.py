@@ -100,18 +100,9 @@ def run_sections(args, preset: dict, model_dir: Path, root: Path, device: str, l
         results["sft"] = compare_sft(backbone[0], backbone[1], device, s, peak_flops(device, args.peak_tflops))
         print("\n".join(sft_lines(results["sft"], label)), flush=True)
     if "loss" in args.only:
-        from real_size_loss import compare_loss_memory, loss_memory_lines
+        from real_size_loss import loss_section
 
-        from spatial_tuning.sft_toy import toy_spatial_samples
-
-        s = preset["sft"]
-        samples = toy_spatial_samples(s.samples, seed=0, image_size=s.image_size, max_images=s.max_images,
-                                      thought_fraction=0.4)
-        print(f"\n[loss] one forward + backward of the fullest pack (<= {s.pack_tokens} tokens) per sft loss.impl; "
-              f"gradient checkpointing {'on' if s.gradient_checkpointing else 'off'}", flush=True)
-        results["loss"] = compare_loss_memory(backbone[0], backbone[1], samples, s.pack_tokens, device,
-                                              s.gradient_checkpointing)
-        print("\n".join(loss_memory_lines(results["loss"], label)), flush=True)
+        results["loss"] = loss_section(backbone, preset["sft"], device, label)
     p = preset["policy"]
     policies = build_policies(backbone, p, device) if set(args.only) & {"vla", "latency", "load", "serve"} else {}
     if "vla" in args.only:

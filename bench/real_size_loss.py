@@ -121,3 +121,17 @@ def loss_memory_lines(results: dict, device_label: str) -> list[str]:
         diff = f"{abs(r['loss'] - plain['loss']) / abs(plain['loss']):10.1e}" if "loss" in plain else f"{'-':>10}"
         lines.append(f"  {impl:<10}{r['saved_gb']:15.3f}{peak}{r['seconds']:9.2f}{r['loss']:10.4f}{diff}")
     return lines
+
+
+def loss_section(backbone, settings, device: str, label: str) -> dict:
+    """The `[loss]` section: the SFT comparison's samples (`settings`: an `SFTSettings`), printed as it finishes."""
+    from spatial_tuning.sft_toy import toy_spatial_samples
+
+    samples = toy_spatial_samples(settings.samples, seed=0, image_size=settings.image_size,
+                                  max_images=settings.max_images, thought_fraction=0.4)
+    print(f"\n[loss] one forward + backward of the fullest pack (<= {settings.pack_tokens} tokens) per sft "
+          f"loss.impl; gradient checkpointing {'on' if settings.gradient_checkpointing else 'off'}", flush=True)
+    results = compare_loss_memory(backbone[0], backbone[1], samples, settings.pack_tokens, device,
+                                  settings.gradient_checkpointing)
+    print("\n".join(loss_memory_lines(results, label)), flush=True)
+    return results

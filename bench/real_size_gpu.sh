@@ -6,8 +6,10 @@
 # Writes $OUT/real_size_<size>.log and .json, and the backbone once to /tmp/real_size_<size> (reused by a second
 # call on the same warm machine, e.g. `... 3b --only latency --compile-mode reduce-overhead`).
 # CPU dry run of this script: `SITE=/tmp/rs_site DEVICE=cpu PY=.venv/bin/python bash bench/real_size_gpu.sh small --quick`.
-# Expected on an H200: about 12 s to build the 3B backbone, 2-3 min of SFT, under a minute of VLA steps and eager
+# Expected on an H200: about 12 s to build the 3B backbone, 2-3 min of SFT, under a minute for the [loss] section
+# (one step per loss.impl: plain, chunked, liger when its wheel is carried), under a minute of VLA steps and eager
 # latencies, 1-2 min of inductor compilation, then export and two server start-ups: 7-9 min in all.
+# `--load-baseline` adds the old random-init policy loading to [load] (minutes of CPU initialisation at 3B).
 set -u
 SIZE=${1:-3b}; shift || true
 OUT=${OUT:-/tmp/real_size_out}; mkdir -p "$OUT"

@@ -168,8 +168,9 @@ def latency_lines(eager: dict[str, float], compiled: dict[str, float] | None, ch
     return lines
 
 
-def load_seconds(loaded: LoadedPolicy, root: Path, device: str) -> dict[str, float]:
-    """Save the policy, then time `load_policy` against reading its safetensors alone."""
+def load_seconds(loaded: LoadedPolicy, root: Path, device: str, random_init_baseline: bool = True) -> dict[str, float]:
+    """Save the policy, then time `load_policy` against reading its safetensors alone (and, with
+    `random_init_baseline`, against the loading it replaced: minutes of CPU initialisation at 3B)."""
     from safetensors.torch import load_file
 
     from policies.loading import load_policy, save_policy
@@ -179,6 +180,27 @@ def load_seconds(loaded: LoadedPolicy, root: Path, device: str) -> dict[str, flo
     load_file(str(path / "model.safetensors"))
     read = time.perf_counter() - start
     start = time.perf_counter()
-    load_policy(path, device=device)
+    load_policy(path, device=device, compile=False)  # loading alone: no compilation or warm-up
     full = time.perf_counter() - start
-    return {"read_s": read, "load_s": full, "path": str(path)}
+    result = {"read_s": read, "load_s": full, "path": str(path)}
+    if random_init_baseline:
+        result["random_init_load_s"] = _random_init_load_seconds(path, device)
+    return result
+
+
+def _random_init_load_seconds(path: Path, device: str) -> float:
+    """The loading `load_policy` replaced: a randomly initialised architecture, then the weights copied in."""
+    from safetensors.torch import load_model
+
+    from policies.modeling_vst_vla import VSTVLAPolicy, build_backbone_architecture
+
+    start = time.perf_counter()
+    config = VSTVLAConfig.from_pretrained(path)
+    config.device = device
+    policy = VSTVLAPolicy(config, backbone=build_backbone_architecture(path / "backbone", config))
+    load_model(policy, path / "model.safetensors", strict=True, device=device)
+    policy.to(device)
+    synchronize(device)
+    seconds = time.perf_counter() - start
+    del policy
+    return seconds

@@ -28,9 +28,9 @@ def served_latency(bundle: Path, root: Path, device: str, requests: int, compile
                    startup_timeout_s: float) -> dict:
     """p50/p99 milliseconds of one client's requests (after 3 warm-up requests) and the server's start-up;
     compiled with the compile settings of `settings` (a `PolicySettings`)."""
-    overrides = [f"device={device}"]
+    overrides = [f"device={device}", f"compile={str(compiled).lower()}"]  # eager stays eager on CUDA (auto)
     if compiled:
-        overrides += ["compile=true", f"compile_mode={settings.compile_mode}",
+        overrides += [f"compile_mode={settings.compile_mode}",
                       f"compile_backend={settings.compile_backend}", f"compile_scope={settings.compile_scope}"]
     port = _free_port()
     start = time.perf_counter()

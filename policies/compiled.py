@@ -6,7 +6,7 @@ the language model of the backbone (the prefill; whole or layer by layer, `compi
 the flow expert's blocks and projections.
 The vision tower and the mrope index stay eager (data-dependent Python: window indices, per-image splits).
 `mode="reduce-overhead"` adds CUDA graphs on CUDA. Outputs equal eager ones within float tolerance (tested on
-CPU). `warm_up` runs the policy on blank observations of its own input shapes, twice with prompts of different
+CPU). `compile=auto` (the default) compiles on CUDA only (`compile_enabled`). `warm_up` runs the policy on blank observations of its own input shapes, twice with prompts of different
 lengths, so compilation (and the dynamic-shape recompile a new task length triggers) happens at load time,
 not on the first robot request.
 """
@@ -22,9 +22,26 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
+COMPILE_SETTINGS = ("auto", "true", "false")  # auto: compiled when the policy runs on CUDA
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 COMPILE_SCOPES = ("language_model", "layers")
 _WARM_UP_TASKS = ("warm up", "warm up the compiled policy with a longer task")
+
+
+def compile_setting(value: Any) -> str:
+    """`auto`, `true` or `false` from a config value (a YAML or JSON bool, or those words in any case)."""
+    text = str(value).strip().lower()
+    if text not in COMPILE_SETTINGS:
+        raise ValueError(f"policy compile={value!r} is not one of {', '.join(COMPILE_SETTINGS)}")
+    return text
+
+
+def compile_enabled(setting: Any, device: torch.device | str, head: str | None = None) -> bool:
+    """Whether a policy on `device` is compiled: `true`, or `auto` on CUDA (eager PyTorch at batch 1 is
+    launch-bound there; on CPU compilation costs minutes and gains little) for the one-pass heads: the `tokens`
+    head decodes step by step against a growing cache, a new shape each step, so `auto` leaves it eager."""
+    setting = compile_setting(setting)
+    return setting == "true" or (setting == "auto" and torch.device(device).type == "cuda" and head != "tokens")
 
 
 def compiled_modules(policy: nn.Module, scope: str = "language_model") -> list[nn.Module]:

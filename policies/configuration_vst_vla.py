@@ -50,8 +50,9 @@ class VSTVLAConfig(PreTrainedConfig):
     rtc_max_guidance: float = 5.0  # rtc: the paper's beta (guidance weight cap)
 
     # Inference: compile the backbone's language model and the head (`policies.compiled`) at load time, warmed
-    # up before the first request. mode: default | reduce-overhead (CUDA graphs) | max-autotune[-no-cudagraphs].
-    compile: bool = False
+    # up before the first request: auto (on CUDA only) | true | false.
+    # mode: default | reduce-overhead (CUDA graphs) | max-autotune[-no-cudagraphs].
+    compile: str = "auto"
     compile_mode: str = "default"
     compile_backend: str = "inductor"
     compile_scope: str = "language_model"  # language_model (one graph) | layers (each decoder layer)
@@ -107,7 +108,10 @@ class VSTVLAConfig(PreTrainedConfig):
             raise ValueError(f"policy prompt_template={self.prompt_template!r} has no {{task}} placeholder")
 
     def _check_execution(self) -> None:
+        from policies.compiled import compile_setting
         from policies.execution import EXECUTION_MODES
+
+        self.compile = compile_setting(self.compile)  # a saved JSON false reads back as "False"
 
         if self.execution_mode not in EXECUTION_MODES:
             raise ValueError(f"policy execution_mode={self.execution_mode!r} is not one of {EXECUTION_MODES}")

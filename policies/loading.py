@@ -122,13 +122,14 @@ def _check_processor_features(config: VSTVLAConfig, preprocessor: PolicyProcesso
 def load_policy(path: str | Path, device: str = "cpu", n_action_steps: int | None = None,
                 flow_steps: int | None = None, execution_mode: str | None = None,
                 inference_delay_steps: int | None = None, temporal_ensemble_coeff: float | None = None,
-                compile: bool | None = None, compile_mode: str | None = None, compile_backend: str | None = None,
+                compile: bool | str | None = None, compile_mode: str | None = None, compile_backend: str | None = None,
                 compile_scope: str | None = None, **_: Any) -> LoadedPolicy:
     """Load a policy directory written by `save_policy` (or a `lerobot-train` checkpoint's pretrained_model/).
 
     `n_action_steps`, `flow_steps` and the execution settings (`execution_mode`, `inference_delay_steps`,
     `temporal_ensemble_coeff`; see `policies.execution`) and compilation (`compile`, `compile_mode`,
-    `compile_backend`, `compile_scope`; see `policies.compiled`) override the saved inference settings;
+    `compile_backend`, `compile_scope`; see `policies.compiled`: `compile=auto` compiles on CUDA only) override the
+    saved inference settings;
     everything else comes from the directory. A compiled policy is warmed up here, before it answers anything.
     """
     path = Path(path)
@@ -161,11 +162,16 @@ def load_policy(path: str | Path, device: str = "cpu", n_action_steps: int | Non
     _check_processor_features(config, preprocessor, path)
     policy.eval()
     loaded = LoadedPolicy(policy, preprocessor, postprocessor, path)
-    if config.compile:
-        from policies.compiled import compile_policy, warm_up
+    from policies.compiled import compile_enabled, compile_policy, warm_up
 
+    policy_device = next(policy.parameters()).device
+    if compile_enabled(config.compile, policy_device, config.head):
+        log.info("policy inference: compiled (compile=%s on %s; %s, %s, %s), warming up", config.compile,
+                 policy_device, config.compile_backend, config.compile_mode, config.compile_scope)
         compile_policy(policy, config.compile_mode, config.compile_backend, config.compile_scope)
         warm_up(loaded)
+    else:
+        log.info("policy inference: eager (compile=%s on %s)", config.compile, policy_device)
     return loaded
 
 

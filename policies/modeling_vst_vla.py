@@ -18,17 +18,18 @@ from pathlib import Path
 import torch
 from lerobot.policies.pretrained import PreTrainedPolicy
 from lerobot.utils.constants import ACTION, OBS_STATE
-from safetensors.torch import load_model
 from torch import Tensor
 
 from policies.configuration_vst_vla import VSTVLAConfig
 from policies.finetune import apply_finetune_mode
 from policies.heads import build_head
+from policies.meta_loading import WeightsFileError, assign_safetensors, empty_parameters, meta_tensor_names
 from policies.vlm import PromptInputs, VLMBackbone
 
 log = logging.getLogger(__name__)
 
 BACKBONE_SUBDIR = "backbone"
+_BACKBONE_PREFIX = "vlm.model."  # the backbone's keys inside the policy's state dict
 
 
 def build_backbone_architecture(path: str | Path, config: VSTVLAConfig):
@@ -62,11 +63,18 @@ class VSTVLAPolicy(PreTrainedPolicy):
     def __init__(self, config: VSTVLAConfig, dataset_stats=None, dataset_meta=None, backbone=None,
                  backbone_dir: str | None = None, **kwargs):
         """`backbone` is an optional (model, processor) to use as is; `backbone_dir` builds the architecture
-        from a saved policy's `backbone/` (weights then come from `model.safetensors`)."""
+        from a saved policy's `backbone/` with every parameter on the meta device (no initialisation): the
+        weights then come from `model.safetensors` (`from_pretrained`)."""
         super().__init__(config)
         config.validate_features()
-        if backbone is None:
-            backbone = build_backbone_architecture(backbone_dir, config) if backbone_dir else load_backbone_for(config)
+        if backbone is None and backbone_dir:
+            with empty_parameters():
+                self._build(config, build_backbone_architecture(backbone_dir, config))
+        else:
+            self._build(config, backbone if backbone is not None else load_backbone_for(config))
+        self.reset()
+
+    def _build(self, config: VSTVLAConfig, backbone) -> None:
         model, processor = backbone
         state = config.robot_state_feature
         state_dim = int(state.shape[0]) if (config.use_state and state is not None) else None
@@ -76,7 +84,6 @@ class VSTVLAPolicy(PreTrainedPolicy):
                                backbone_layers=self.vlm.num_layers)
         self.head.setup(self.vlm)
         apply_finetune_mode(model, config, train_embeddings=config.head == "tokens")
-        self.reset()
 
     # --- LeRobot interface -------------------------------------------------------------------------------
 
@@ -206,6 +213,15 @@ class VSTVLAPolicy(PreTrainedPolicy):
 
     @classmethod
     def _load_as_safetensor(cls, model: VSTVLAPolicy, model_file: str, map_location: str, strict: bool) -> VSTVLAPolicy:
-        # Always strict: a policy whose weights do not all load must not run on a robot.
-        load_model(model, model_file, strict=True, device=str(map_location or "cpu"))
+        """Assign every weight of `model_file` (read straight onto the policy's device), re-tie the backbone's
+        tied weights (the file stores them once), and refuse a policy left with any weight unloaded: always
+        strict, a policy whose weights do not all load must not run on a robot."""
+        missing = assign_safetensors(model, model_file, str(map_location or "cpu"))
+        backbone_missing = {key.removeprefix(_BACKBONE_PREFIX) for key in missing if key.startswith(_BACKBONE_PREFIX)}
+        model.vlm.model.tie_weights(missing_keys=backbone_missing)  # discards the aliases it ties
+        left = sorted({key for key in missing if not key.startswith(_BACKBONE_PREFIX)}
+                      | {_BACKBONE_PREFIX + key for key in backbone_missing})
+        left += [name for name in meta_tensor_names(model) if name not in left]
+        if left:
+            raise WeightsFileError(f"{model_file} lacks {len(left)} weights of the policy, e.g. {', '.join(left[:5])}")
         return model

@@ -203,6 +203,10 @@ class JsonlLogCallback(TrainerCallback):
         self.rows: list[dict[str, Any]] = []
 
     def on_train_begin(self, args, state, control, **kwargs):
+        self.rebuild(state)
+
+    def rebuild(self, state) -> None:
+        """Rows and file from `state.log_history` (also after a checkpoint at the budget was only read)."""
         self.rows = [_log_row(entry["step"], entry) for entry in state.log_history if "reward" in entry]
         if state.is_world_process_zero:
             write_text(self.path, "".join(json.dumps(row) + "\n" for row in self.rows))
@@ -307,7 +311,8 @@ def train_rl(cfg: DictConfig, samples: Sequence[SpatialSample], output_dir: Path
             train_dataset=dataset, reward_funcs=make_reward_funcs(require_think=think is not False),
             callbacks=[MarkCheckpointComplete(), log_callback, time_limit], dapo_filter=bool(cfg.grpo.dapo_filter),
         )
-        train_or_restore(trainer, resume, int(cfg.grpo.max_steps))
+        if train_or_restore(trainer, resume, int(cfg.grpo.max_steps)) is None:
+            log_callback.rebuild(trainer.state)  # the checkpoint was at the budget: read, not trained further
     with atomic_directory(output_dir / "checkpoint-final", overwrite=True) as tmp:
         save_backbone(trainer.model, processor, tmp)
     summary = reward_trend(log_callback.rows)

@@ -30,8 +30,15 @@ from spatial_tuning.packing import (
     rope_positions,
 )
 from spatial_tuning.sample import SpatialSample
+from spatial_tuning.sft_loss import resolve_loss_impl, use_linear_cross_entropy
 from spatial_tuning.sft_tokenize import cached_token_counts, describe_labels, encode_sample, token_counts
-from spatial_tuning.sft_trainer import SpatialSFTTrainer, apply_freezing, apply_lora, merged_model
+from spatial_tuning.sft_trainer import (
+    SpatialSFTTrainer,
+    apply_freezing,
+    apply_lora,
+    causal_lm_loss,
+    merged_model,
+)
 from vst_vla.atomic import atomic_directory, write_json
 from vst_vla.backbone import save_backbone
 from vst_vla.checkpoints import (
@@ -114,7 +121,7 @@ def training_arguments(cfg: DictConfig, out_dir: Path):
         eval_steps=int(cfg.eval_steps) if cfg.eval_steps else None,
         save_strategy="steps" if cfg.save_steps else "no", save_steps=int(cfg.save_steps) if cfg.save_steps else 500,
         save_total_limit=cfg.save_total_limit, report_to=list(cfg.report_to),
-        remove_unused_columns=False, ddp_find_unused_parameters=cfg.ddp_find_unused_parameters,
+        remove_unused_columns=False, prediction_loss_only=True, ddp_find_unused_parameters=cfg.ddp_find_unused_parameters,
         ddp_backend=cfg.ddp_backend, include_num_input_tokens_seen="all" if cfg.packing else "non_padding", disable_tqdm=False,
     )
 
@@ -136,11 +143,25 @@ def build_trainer(cfg: DictConfig, model, processor, train: SFTDataset, evaluati
                   out_dir: Path, callbacks: list | None = None) -> SpatialSFTTrainer:
     """The configured `SpatialSFTTrainer` (the collator is built before LoRA wraps the model)."""
     collator = build_collator(model, processor, bool(cfg.packing))
+    loss_func = configure_loss(model, cfg)
     model = prepare_model(model, cfg)
     vision_lr = cfg.optim.vision_learning_rate
     return SpatialSFTTrainer(model=model, args=training_arguments(cfg, out_dir), train_dataset=train,
                              eval_dataset=evaluation, data_collator=collator, processing_class=processor,
-                             callbacks=[MarkCheckpointComplete(), *(callbacks or [])], vision_learning_rate=float(vision_lr) if vision_lr else None)
+                             callbacks=[MarkCheckpointComplete(), *(callbacks or [])],
+                             vision_learning_rate=float(vision_lr) if vision_lr else None, compute_loss_func=loss_func)
+
+
+def configure_loss(model, cfg: DictConfig):
+    """Set up `cfg.loss.impl` on `model`; returns the Trainer's `compute_loss_func` (None: the model computes
+    its loss itself, without the full logits; see spatial_tuning/sft_loss.py)."""
+    loss = cfg.get("loss") or {}
+    impl = resolve_loss_impl(str(loss.get("impl", "auto")), next(model.parameters()).device)
+    if impl == "plain":
+        log.info("sft loss: plain (full logits, then cross-entropy)")
+        return causal_lm_loss
+    use_linear_cross_entropy(model, impl, int(loss.get("chunk_tokens", 4096)))
+    return None
 
 
 def save_final(trainer: SpatialSFTTrainer, processor, out_dir: Path) -> Path:
@@ -180,8 +201,10 @@ def train_sft(cfg: DictConfig, model, processor, train_samples: Sequence[Spatial
         start = _eval_loss_start(trainer, out_dir, resume)
         if start is not None:
             metrics["eval_loss_start"] = start
-    result = train_or_restore(trainer, resume, int(trainer.args.max_steps))
-    metrics.update({k: v for k, v in result.items() if isinstance(v, (int, float))})
+    result = train_or_restore(trainer, resume, int(cfg.optim.max_steps))  # None: the checkpoint was at the budget
+    if result is not None:
+        metrics.update({k: v for k, v in result.metrics.items() if isinstance(v, (int, float))})
+    metrics["global_step"] = int(trainer.state.global_step)
     metrics["train_tokens"] = int(trainer.state.num_input_tokens_seen)
     metrics["train_losses"] = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     if evaluation is not None:

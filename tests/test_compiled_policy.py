@@ -7,13 +7,15 @@ lower): inductor's C++ code generation takes minutes on two busy cores. `bench/r
 from __future__ import annotations
 
 import copy
+import json
+import logging
 
 import numpy as np
 import pytest
 import torch
 from lerobot.configs import FeatureType, PolicyFeature
 
-from policies.compiled import blank_observation, compile_policy, compiled_modules
+from policies.compiled import blank_observation, compile_enabled, compile_policy, compiled_modules
 from policies.configuration_vst_vla import VSTVLAConfig
 from policies.loading import load_policy, new_policy, save_policy
 
@@ -36,7 +38,7 @@ def test_compiled_policy_gives_eager_actions(head, scope, tiny_backbone, tmp_pat
     path = _saved_policy(head, tiny_backbone, tmp_path)
     eager = load_policy(path)
     compiled = load_policy(path, compile=True, compile_backend="aot_eager", compile_scope=scope)
-    assert compiled.config.compile and not eager.config.compile
+    assert compiled.config.compile == "true" and eager.config.compile == "auto"  # auto: eager on CPU
     # Compiled in place at load time: the modules carry their compiled call, and their weights are unchanged.
     assert all(m._compiled_call_impl is not None for m in compiled_modules(compiled.policy, scope))
     assert all(m._compiled_call_impl is None for m in compiled_modules(eager.policy, scope))
@@ -63,3 +65,26 @@ def test_blank_observation_and_bad_mode(tiny_backbone, tmp_path):
         compile_policy(loaded.policy, mode="fastest")
     with pytest.raises(ValueError, match="compile_scope='vision' is not one of language_model, layers"):
         compile_policy(loaded.policy, scope="vision")
+
+
+def test_compile_auto_is_eager_on_cpu_and_compiled_on_cuda(tiny_backbone, tmp_path, caplog):
+    assert compile_enabled("auto", "cuda") and compile_enabled("auto", torch.device("cuda", 1), head="flow")
+    assert not compile_enabled("auto", "cuda", head="tokens") and compile_enabled("true", "cuda", head="tokens")
+    assert not compile_enabled("auto", "cpu") and compile_enabled(True, "cpu") and not compile_enabled("False", "cuda")
+    with pytest.raises(ValueError, match="policy compile='sometimes' is not one of auto, true, false"):
+        compile_enabled("sometimes", "cpu")
+    path = _saved_policy("l1_chunk", tiny_backbone, tmp_path)
+    assert json.loads((path / "config.json").read_text())["compile"] == "auto"  # the default, saved
+    with caplog.at_level(logging.INFO, logger="policies.loading"):
+        loaded = load_policy(path)
+    assert "policy inference: eager (compile=auto on cpu)" in caplog.text
+    assert all(m._compiled_call_impl is None for m in compiled_modules(loaded.policy, "language_model"))
+    # A policy saved before `auto` existed holds `false`: it loads, and stays eager.
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**config, "compile": False}))
+    assert load_policy(path).config.compile == "false"
+
+
+def test_serve_and_eval_sim_default_to_auto(compose):
+    assert compose("serve").compile == "auto"
+    assert compose("eval-sim", ["policy=vst_vla", "policy.path=/nowhere"]).policy.compile == "auto"

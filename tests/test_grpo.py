@@ -193,3 +193,18 @@ def test_cli_reads_vst_parquet(tmp_path):
                                  "grpo.max_steps=1", "grpo.num_generations=2", "grpo.per_device_train_batch_size=2",
                                  "grpo.max_completion_length=4", "grpo.report_to=[]"])
     assert summary["steps"] == 1 and (tmp_path / "run" / "checkpoint-final" / "config.json").is_file()
+
+
+def test_rerunning_a_finished_run_leaves_its_checkpoint_unchanged(compose, tmp_path):
+    """The rerun (resume=auto) finds trainer/checkpoint-2 at the budget, in the middle of an epoch (8 prompts, 2 per
+    step): it is read, not trained one step further (which Trainer would do there)."""
+    from safetensors.torch import load_file
+
+    cfg = _cfg(compose, "grpo.max_steps=2", "grpo.save_steps=2")
+    train_rl(cfg, rl_samples(8), tmp_path)
+    weights = load_file(tmp_path / "checkpoint-final" / "model.safetensors")
+    again = train_rl(cfg, rl_samples(8), tmp_path)
+    assert again["resumed_from"].endswith("checkpoint-2") and again["global_step"] == 2 and again["steps"] == 2
+    rerun = load_file(tmp_path / "checkpoint-final" / "model.safetensors")
+    assert rerun.keys() == weights.keys() and all(torch.equal(rerun[k], weights[k]) for k in weights)
+    assert [json.loads(line)["step"] for line in (tmp_path / "rl_log.jsonl").read_text().splitlines()] == [1, 2]

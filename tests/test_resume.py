@@ -133,12 +133,6 @@ def test_rl_killed_mid_run_resumes_to_the_uninterrupted_result(tmp_path):
     _assert_same_weights(straight / "checkpoint-final" / "model.safetensors",
                          killed / "checkpoint-final" / "model.safetensors")
 
-    # A rerun of the finished run reads checkpoint-8 (at the budget): no extra optimizer step.
-    _finish(_rl_argv(data, killed), tmp_path / "again.log")
-    again = json.loads((killed / "rl_summary.json").read_text())
-    assert again["global_step"] == 8 and again["resumed_from"].endswith("checkpoint-8"), again
-    _assert_same_weights(straight / "checkpoint-final" / "model.safetensors",
-                         killed / "checkpoint-final" / "model.safetensors")
 
 
 # --- vla -------------------------------------------------------------------------------------------------

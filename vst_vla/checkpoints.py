@@ -113,20 +113,22 @@ class MarkCheckpointComplete(TrainerCallback):
             mark_complete(Path(args.output_dir) / f"checkpoint-{state.global_step}")
 
 
-def train_or_restore(trainer, resume: str | bool | None, max_steps: int) -> dict[str, float]:
-    """`trainer.train(resume_from_checkpoint=resume)`, except from a checkpoint already at `max_steps` (a run killed
-    after its last checkpoint, or a rerun of a finished run): Trainer would still take one more optimizer step
-    there, so only the checkpoint's weights and state are read. Returns the training metrics (none when nothing
-    was left to train)."""
+def train_or_restore(trainer, resume: str | bool | None, max_steps: int | None = None):
+    """`trainer.train(resume_from_checkpoint=resume)`, except from a checkpoint already at the step budget (a run
+    killed after its last checkpoint, or a rerun of a finished run): Trainer would still take one more optimizer
+    step there, so only the checkpoint's weights and state are read. The budget is `max_steps`, or with None or
+    <= 0 (an epoch budget) the `max_steps` the Trainer recorded in the checkpoint.
+
+    Returns the Trainer's `TrainOutput`, or None when the checkpoint was only read (no training callback ran)."""
     state_file = Path(str(resume)) / "trainer_state.json" if isinstance(resume, str) else None
     if state_file is not None and state_file.is_file():
         state = TrainerState.load_from_json(str(state_file))
-        budget = int(max_steps) if int(max_steps) > 0 else int(state.max_steps)  # <= 0: epochs, as saved
+        budget = int(max_steps) if max_steps is not None and int(max_steps) > 0 else int(state.max_steps)
         if budget > 0 and state.global_step >= budget:
-            log.info("%s is at the step budget (%d): read, nothing left to train", resume, budget)
+            log.info("%s is at the step budget (%d): reading it, nothing left to train", resume, budget)
             trainer._load_from_checkpoint(str(resume))
             trainer.state = state
-            return {}
+            return None
     if resume:
         log.info("resuming from %s", resume)
-    return dict(trainer.train(resume_from_checkpoint=resume).metrics)
+    return trainer.train(resume_from_checkpoint=resume)

@@ -1,6 +1,7 @@
 #!/bin/bash
 # Download, on a CPU machine with network, the wheels a bare GPU machine lacks for bench/real_size_gpu.sh
-# (torch, accelerate, peft are there; lerobot, trl, hydra-core and friends are not). About 22 MB into .whl/,
+# (torch, accelerate, peft are there; lerobot, trl, hydra-core and friends are not; liger-kernel for the SFT
+# loss.impl=liger, pure Python over the machine's Triton). About 22 MB into .whl/,
 # which git ignores (.git/info/exclude) and the device tool carries: run(carry=[".whl"]).
 #   bash bench/gpu/wheels.sh [DEST]        # DEST defaults to .whl
 set -euo pipefail
@@ -15,7 +16,7 @@ $PY -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 
   draccus==0.11.6 gymnasium==1.4.0 Farama-Notifications hydra-core==1.3.2 omegaconf==2.3.1 pydantic==2.14.4 \
   pydantic_core==2.50.5 typing-inspection==0.4.5 annotated-types==0.8.0 jsonlines==4.0.0 mergedeep==1.3.4 \
   multiprocess==0.70.19 dill==0.4.1 pytz tzdata termcolor toml websockets==17.4 msgpack==1.2.4 \
-  pyyaml-include
+  pyyaml-include liger-kernel==0.8.5
 # antlr4 (hydra's parser runtime) ships as an sdist only: build its pure-Python wheel here.
 $PY -m pip wheel --quiet --no-deps -w "$DEST" antlr4-python3-runtime==4.9.3
 du -sh "$DEST"; ls "$DEST" | wc -l

@@ -6,31 +6,21 @@ lower): inductor's C++ code generation takes minutes on two busy cores. `bench/r
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 
-import numpy as np
 import pytest
 import torch
-from lerobot.configs import FeatureType, PolicyFeature
+from policy_fixtures import saved_tiny_policy
 
 from policies.compiled import blank_observation, compile_enabled, compile_policy, compiled_modules
-from policies.configuration_vst_vla import VSTVLAConfig
-from policies.loading import load_policy, new_policy, save_policy
+from policies.loading import load_policy
 
 CAM, STATE = "observation.images.front", "observation.state"
 
 
 def _saved_policy(head: str, tiny_backbone, root):
-    config = VSTVLAConfig(head=head, chunk_size=4, n_action_steps=4, image_size=56, device="cpu", flow_steps=3,
-                          input_features={CAM: PolicyFeature(FeatureType.VISUAL, (3, 64, 64)),
-                                          STATE: PolicyFeature(FeatureType.STATE, (3,))},
-                          output_features={"action": PolicyFeature(FeatureType.ACTION, (2,))})
-    stats = {key: {"mean": np.zeros(dim), "std": np.ones(dim), "min": -np.ones(dim), "max": np.ones(dim),
-                   "q01": -np.ones(dim), "q99": np.ones(dim)} for key, dim in ((STATE, 3), ("action", 2))}
-    loaded = new_policy(config, stats, backbone=copy.deepcopy(tiny_backbone))
-    return save_policy(loaded.policy, loaded.preprocessor, loaded.postprocessor, root / head)
+    return saved_tiny_policy(tiny_backbone, root / head, head)
 
 
 @pytest.mark.parametrize(("head", "scope"), [("l1_chunk", "language_model"), ("flow", "layers")])

@@ -5,16 +5,13 @@ still tied, the rotary tables (non-persistent buffers, in no checkpoint) compute
 
 from __future__ import annotations
 
-import copy
-
-import numpy as np
 import pytest
 import torch
-from lerobot.configs import FeatureType, PolicyFeature
+from policy_fixtures import saved_tiny_policy
 from safetensors.torch import load_file, load_model, save_file
 
 from policies.configuration_vst_vla import VSTVLAConfig
-from policies.loading import load_policy, new_policy, save_policy
+from policies.loading import load_policy
 from policies.meta_loading import WeightsFileError
 from policies.modeling_vst_vla import VSTVLAPolicy, build_backbone_architecture
 
@@ -22,18 +19,7 @@ CAM, STATE = "observation.images.front", "observation.state"
 
 
 def _saved_policy(tiny_backbone, root, head: str, finetune: str):
-    config = VSTVLAConfig(head=head, chunk_size=4, n_action_steps=4, image_size=56, device="cpu", flow_steps=3,
-                          finetune=finetune, lora_rank=4,
-                          input_features={CAM: PolicyFeature(FeatureType.VISUAL, (3, 64, 64)),
-                                          STATE: PolicyFeature(FeatureType.STATE, (3,))},
-                          output_features={"action": PolicyFeature(FeatureType.ACTION, (2,))})
-    stats = {key: {"mean": np.zeros(dim), "std": np.ones(dim), "min": -np.ones(dim), "max": np.ones(dim),
-                   "q01": -np.ones(dim), "q99": np.ones(dim)} for key, dim in ((STATE, 3), ("action", 2))}
-    loaded = new_policy(config, stats, backbone=copy.deepcopy(tiny_backbone))
-    with torch.no_grad():  # move every weight off its initial value, so a weight that failed to load shows
-        for param in loaded.policy.parameters():
-            param.add_(0.01 * torch.randn_like(param))
-    return save_policy(loaded.policy, loaded.preprocessor, loaded.postprocessor, root / f"{head}_{finetune}")
+    return saved_tiny_policy(tiny_backbone, root / f"{head}_{finetune}", head, finetune, perturb=True)
 
 
 def _old_path(path) -> VSTVLAPolicy:

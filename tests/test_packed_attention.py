@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from loss_helpers import summed_loss_and_grads
 
 from spatial_tuning.packed_attention import (
     VARLEN_ATTENTION,
@@ -16,7 +17,6 @@ from spatial_tuning.packed_attention import (
 from spatial_tuning.packing import MropePositions, PackedCollator, SFTDataset
 from spatial_tuning.sft_tokenize import IGNORE_INDEX
 from spatial_tuning.sft_toy import toy_spatial_samples
-from spatial_tuning.sft_trainer import causal_lm_loss
 
 
 def test_sample_boundaries_follow_position_restarts():
@@ -25,26 +25,13 @@ def test_sample_boundaries_follow_position_restarts():
     assert sample_boundaries(torch.arange(5)) == [0, 5]
 
 
-def _loss_and_grads(model, batches, num_items):
-    model.zero_grad()
-    total = 0.0
-    for batch in batches:
-        batch = dict(batch)
-        labels = batch.pop("labels")
-        loss = causal_lm_loss(model(**batch), labels, num_items_in_batch=num_items)
-        loss.backward()
-        total += loss.item()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    return total, grads
-
-
 def test_varlen_packed_loss_and_gradients_equal_unpacked(tiny_backbone):
     model, processor = tiny_backbone
     encoded = [item[0] for item in SFTDataset(toy_spatial_samples(4, seed=3, thought_fraction=0.5), processor)]
     num_items = sum(int((e["labels"][1:] != IGNORE_INDEX).sum()) for e in encoded)
     collate = PackedCollator(MropePositions(model))
     plain = copy.deepcopy(model).train()  # stock sdpa
-    single_loss, single_grads = _loss_and_grads(plain, [collate([[e]]) for e in encoded], num_items)
+    single_loss, single_grads = summed_loss_and_grads(plain, [collate([[e]]) for e in encoded], num_items)
 
     varlen = copy.deepcopy(model).train()
     assert use_varlen_attention(varlen) == VARLEN_ATTENTION and packs_in_one_row(VARLEN_ATTENTION)
@@ -53,7 +40,7 @@ def test_varlen_packed_loss_and_gradients_equal_unpacked(tiny_backbone):
     assert use_varlen_attention(varlen) == VARLEN_ATTENTION  # idempotent
     packed = collate([encoded[:2], encoded[2:]])  # one row holding all four samples
     assert packed["input_ids"].shape[0] == 1
-    packed_loss, packed_grads = _loss_and_grads(varlen, [packed], num_items)
+    packed_loss, packed_grads = summed_loss_and_grads(varlen, [packed], num_items)
 
     # Independent reference: plain torch cross-entropy per sample, summed, over all supervised tokens.
     with torch.no_grad():

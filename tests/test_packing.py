@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from loss_helpers import summed_loss_and_grads
 
 from spatial_tuning.packing import MropePositions, PackedCollator, PaddedCollator, SFTDataset, pack_samples
 from spatial_tuning.sample import THINK_SYSTEM_PROMPT, SpatialSample
@@ -17,7 +18,6 @@ from spatial_tuning.sft_tokenize import (
     encode_sample,
 )
 from spatial_tuning.sft_toy import toy_spatial_samples
-from spatial_tuning.sft_trainer import causal_lm_loss
 
 
 @pytest.fixture(scope="module")
@@ -80,20 +80,6 @@ def test_multi_turn_labels_cover_every_reply(tiny_backbone):
     assert text == sample.conversations[1]["value"] + "<|im_end|>" + "Yes, sure.<|im_end|>"
 
 
-def _losses_and_grads(model, batches, num_items):
-    model.zero_grad()
-    total = 0.0
-    for batch in batches:
-        batch = dict(batch)
-        labels = batch.pop("labels")
-        loss = causal_lm_loss(model(**batch), labels, num_items_in_batch=num_items)
-        loss.backward()
-        total += loss.item()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    model.zero_grad()
-    return total, grads
-
-
 def test_packed_loss_and_gradients_equal_unpacked(samples, tiny_backbone):
     model, processor = tiny_backbone
     model = copy.deepcopy(model).train()
@@ -102,16 +88,16 @@ def test_packed_loss_and_gradients_equal_unpacked(samples, tiny_backbone):
     num_items = sum(int((e["labels"][1:] != IGNORE_INDEX).sum()) for e in encoded)
     collate = PackedCollator(MropePositions(model))
 
-    packed_loss, packed_grads = _losses_and_grads(model, [collate([encoded])], num_items)
+    packed_loss, packed_grads = summed_loss_and_grads(model, [collate([encoded])], num_items)
     # A row per pack (the sdpa layout): rows of different lengths, the shorter one padded.
     rows = PackedCollator(MropePositions(model), processor.tokenizer.pad_token_id, one_row=False)
     rows_batch = rows([encoded[:2], encoded[2:]])
     assert rows_batch["input_ids"].shape[0] == 2 and (rows_batch["input_ids"] == rows.pad_token_id).any()
-    rows_loss, rows_grads = _losses_and_grads(model, [rows_batch], num_items)
+    rows_loss, rows_grads = summed_loss_and_grads(model, [rows_batch], num_items)
     one_by_one = [collate([[e]]) for e in encoded]
-    single_loss, single_grads = _losses_and_grads(model, one_by_one, num_items)
+    single_loss, single_grads = summed_loss_and_grads(model, one_by_one, num_items)
     padded = PaddedCollator(processor.tokenizer.pad_token_id)([[e] for e in encoded])
-    padded_loss, _ = _losses_and_grads(model, [padded], num_items)
+    padded_loss, _ = summed_loss_and_grads(model, [padded], num_items)
 
     # Independent reference: per-sample summed cross-entropy (plain torch), averaged over all supervised tokens.
     with torch.no_grad():

@@ -49,3 +49,20 @@ def kill_after_progress(args: list[str], cwd: Path, progress: Callable[[], int],
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
     return reached
+
+
+def interrupt_on_call(monkeypatch, module, name: str, call: int) -> Callable:
+    """Make `module.name` raise KeyboardInterrupt (a Ctrl-C there) on its `call`-th call, running the original on
+    every other call; returns the original so a test can put it back with `monkeypatch.setattr`."""
+    original = getattr(module, name)
+    calls = 0
+
+    def interrupted(*args, **kwargs):
+        nonlocal calls
+        calls += 1
+        if calls == call:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, interrupted)
+    return original

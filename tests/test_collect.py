@@ -10,7 +10,7 @@ import stat
 
 import numpy as np
 import pytest
-from kill_helpers import kill_after_progress, vst_vla
+from kill_helpers import interrupt_on_call, kill_after_progress, vst_vla
 from omegaconf import OmegaConf
 
 from sim import collect as collect_module
@@ -82,16 +82,7 @@ def _content(root):
 
 
 def test_interrupted_collection_resumes_with_its_finished_episodes(dataset_root, tmp_path, monkeypatch):
-    journal = collect_module._journal_episode
-    calls = []
-
-    def interrupted_at_second_episode(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        journal(*args, **kwargs)
-
-    monkeypatch.setattr(collect_module, "_journal_episode", interrupted_at_second_episode)
+    journal = interrupt_on_call(monkeypatch, collect_module, "_journal_episode", call=2)
     root = tmp_path / "ds"
     with pytest.raises(KeyboardInterrupt):
         collect_dataset(OmegaConf.create(ENV), root, episodes=2, n_envs=2)

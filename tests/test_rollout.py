@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from kill_helpers import interrupt_on_call
 from omegaconf import OmegaConf
 
 from sim import rollout as rollout_module
@@ -45,23 +46,13 @@ def test_interrupted_eval_sim_keeps_its_finished_episodes_and_equals_an_uninterr
                                                                                            monkeypatch):
     overrides = ["policy=random", "task=reach", "episodes=3", "n_envs=2", "vector=sync", "n_videos=0",
                  "env.image_size=32", "env.max_episode_steps=15"]
-    journal = rollout_module.journal_episode
-    calls = []
-
-    def interrupted_at_second_episode(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        journal(*args, **kwargs)
-
-    monkeypatch.setattr(rollout_module, "journal_episode", interrupted_at_second_episode)
+    journal = interrupt_on_call(monkeypatch, rollout_module, "journal_episode", call=2)
     resumed = tmp_path / "resumed"
     with pytest.raises(KeyboardInterrupt):
         eval_sim_run(compose("eval-sim", [*overrides, f"output_dir={resumed}"]))
     assert not (resumed / "eval.json").exists()
     assert [p.name for p in (resumed / ".eval.partial" / "reach-v3").iterdir()] == ["000000.json"]
     monkeypatch.setattr(rollout_module, "journal_episode", journal)
-    calls.clear()
     eval_sim_run(compose("eval-sim", [*overrides, f"output_dir={resumed}"]))
     eval_sim_run(compose("eval-sim", [*overrides, f"output_dir={tmp_path / 'uninterrupted'}"]))
     report, reference = (json.loads((tmp_path / d / "eval.json").read_text()) for d in ("resumed", "uninterrupted"))

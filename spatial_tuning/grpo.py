@@ -9,6 +9,10 @@ right after scoring and removes those groups from the loss (zero advantage, zero
 normaliser recomputed over the kept tokens), so they neither push the policy nor dilute the update. Dropped
 groups are not re-sampled; the kept fraction is logged as `dapo/kept_group_frac`.
 
+Chat templates with a thinking switch (Qwen3.5's `enable_thinking`) render every prompt with it on when any row
+thinks (TRL has one set of template kwargs per run), and both rewards score the assistant reply, the template's
+opened `<think>` plus the completion (spatial_tuning/thinking.py).
+
 The budget is `grpo.max_steps`; `grpo.time_limit_s` is only a safety stop, logged and recorded in the summary
 when it fires. Trainer checkpoints go to `<output_dir>/trainer/checkpoint-N/` every `grpo.save_steps`; by default
 (`resume=auto`) rerunning the same command continues from the latest complete one with the optimizer, scheduler,
@@ -48,6 +52,7 @@ from spatial_tuning.rewards import (
 )
 from spatial_tuning.sample import SpatialSample
 from spatial_tuning.sft_trainer import BackboneCheckpointLoading
+from spatial_tuning.thinking import assistant_reply, generation_opening, template_kwargs
 from vst_vla.atomic import atomic_directory, write_json, write_text
 from vst_vla.backbone import load_backbone, save_backbone
 from vst_vla.checkpoints import (
@@ -116,19 +121,24 @@ def _text(completion: Any) -> str:
     return content or ""
 
 
-def make_reward_funcs(require_think: bool = True) -> list[Callable[..., list[float]]]:
+def make_reward_funcs(require_think: bool = True, opening: str = "") -> list[Callable[..., list[float]]]:
     """The `accuracy` and `format` reward functions in TRL's signature (one float per completion). The format
     wants the think block where the row's `think` column says the think prompt was used (else `require_think`);
-    VST's 3D-detection rows are held to its JSON box format."""
+    VST's 3D-detection rows are held to its JSON box format. Both score the assistant reply: the completion behind
+    `opening`, what the chat template wrote after the assistant header (`thinking.assistant_reply`)."""
 
-    def accuracy(prompts, completions, meta_info, **kwargs) -> list[float]:
-        return [accuracy_reward(_text(c), parse_meta_info(m)) for c, m in zip(completions, meta_info)]
+    def replies(completions, think) -> list[str]:
+        wants = think if think is not None else [require_think] * len(completions)
+        return [assistant_reply(opening, _text(c), bool(w)) for c, w in zip(completions, wants)]
+
+    def accuracy(prompts, completions, meta_info, think=None, **kwargs) -> list[float]:
+        return [accuracy_reward(r, parse_meta_info(m)) for r, m in zip(replies(completions, think), meta_info)]
 
     def format(prompts, completions, think=None, meta_info=None, **kwargs) -> list[float]:
         wants = think if think is not None else [require_think] * len(completions)
         metas = meta_info if meta_info is not None else [None] * len(completions)
-        return [format_score(_text(c), parse_meta_info(m) if m is not None else None, require_think=bool(w))
-                for c, w, m in zip(completions, wants, metas)]
+        return [format_score(r, parse_meta_info(m) if m is not None else None, require_think=bool(w))
+                for r, w, m in zip(replies(completions, think), wants, metas)]
 
     return [accuracy, format]
 
@@ -257,8 +267,10 @@ def vision_token_ids(model) -> list[int]:
     return list(family_of(model).vision_token_ids(model.config).values())
 
 
-def grpo_config(cfg: DictConfig, output_dir: Path, suppress_token_ids: Sequence[int] = ()) -> GRPOConfig:
-    """Map the `grpo` and `trainer` config groups onto TRL's `GRPOConfig`."""
+def grpo_config(cfg: DictConfig, output_dir: Path, suppress_token_ids: Sequence[int] = (),
+                chat_template_kwargs: dict[str, Any] | None = None) -> GRPOConfig:
+    """Map the `grpo` and `trainer` config groups onto TRL's `GRPOConfig`; `chat_template_kwargs` (one set for every
+    prompt: see `thinking.template_kwargs`) go to the chat template."""
     g, t = cfg.grpo, cfg.trainer
     if int(g.num_iterations) > 1 and str(g.save_strategy) == "steps" and int(g.save_steps) % int(g.num_iterations):
         # TRL reuses one generation for num_iterations steps and a resumed run generates afresh: checkpoints
@@ -283,6 +295,7 @@ def grpo_config(cfg: DictConfig, output_dir: Path, suppress_token_ids: Sequence[
         gradient_accumulation_steps=int(g.gradient_accumulation_steps),
         reward_weights=[float(weights["accuracy"]), float(weights["format"])],
         use_vllm=use_vllm, vllm_mode=str(g.vllm_mode), generation_kwargs=generation_kwargs,
+        chat_template_kwargs=dict(chat_template_kwargs) if chat_template_kwargs else None,
         bf16=bool(t.bf16) and not cpu, fp16=bool(t.fp16) and not cpu, use_cpu=cpu,
         gradient_checkpointing=bool(t.gradient_checkpointing) and not cpu,
         dataloader_num_workers=int(t.dataloader_num_workers), logging_steps=1,
@@ -304,11 +317,19 @@ def train_rl(cfg: DictConfig, samples: Sequence[SpatialSample], output_dir: Path
                                                                                   default="vlm3d_reasoner")))
     log.info("rl: %d training prompts, %d generations each, %d steps", len(dataset), cfg.grpo.num_generations,
              cfg.grpo.max_steps)
+    # TRL renders every prompt with one set of template kwargs, so a thinking switch (Qwen3.5) is on for the whole
+    # run as soon as one row thinks. Trade-off in a mixed run: non-think rows get an opened <think> too; they earn
+    # the plain-answer format by closing it at once (empty) and answering (thinking.assistant_reply).
+    chat_template_kwargs = template_kwargs(processor, dataset["think"])
+    opening = generation_opening(processor, chat_template_kwargs)
+    if chat_template_kwargs:
+        log.info("rl: chat template kwargs %s; generation prompts end with %r", chat_template_kwargs, opening)
     log_callback, time_limit = JsonlLogCallback(output_dir / "rl_log.jsonl"), TimeLimitCallback(cfg.grpo.time_limit_s)
     with left_padding(processor):
         trainer = DapoGRPOTrainer(
-            model=model, processing_class=processor, args=grpo_config(cfg, output_dir, vision_token_ids(model)),
-            train_dataset=dataset, reward_funcs=make_reward_funcs(require_think=think is not False),
+            model=model, processing_class=processor,
+            args=grpo_config(cfg, output_dir, vision_token_ids(model), chat_template_kwargs),
+            train_dataset=dataset, reward_funcs=make_reward_funcs(require_think=think is not False, opening=opening),
             callbacks=[MarkCheckpointComplete(), log_callback, time_limit], dapo_filter=bool(cfg.grpo.dapo_filter),
         )
         if train_or_restore(trainer, resume, int(cfg.grpo.max_steps)) is None:

@@ -20,8 +20,11 @@ from spatial_tuning.grpo import (
     vision_token_ids,
     vllm_usable,
 )
+from spatial_tuning.rewards import accuracy_reward, format_score
 from spatial_tuning.sample import SpatialSample
+from spatial_tuning.thinking import generation_opening, template_kwargs
 from vst_vla.backbone import load_backbone
+from vst_vla.families.qwen3_vl import trl_chat_template
 
 
 def _png(color) -> bytes:
@@ -208,3 +211,70 @@ def test_rerunning_a_finished_run_leaves_its_checkpoint_unchanged(compose, tmp_p
     rerun = load_file(tmp_path / "checkpoint-final" / "model.safetensors")
     assert rerun.keys() == weights.keys() and all(torch.equal(rerun[k], weights[k]) for k in weights)
     assert [json.loads(line)["step"] for line in (tmp_path / "rl_log.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def _prompt_texts(processor, out) -> list[str]:
+    return processor.tokenizer.batch_decode(out["prompt_ids"], skip_special_tokens=False)
+
+
+def test_qwen3_5_think_rows_get_the_think_block_opened_and_can_earn_the_format_reward(compose, tmp_path):
+    model, processor = load_backbone({"source": "tiny_qwen3_5", "device": "cpu"})
+    dataset = rl_dataset(rl_samples(2), think=True)
+    kwargs = template_kwargs(processor, dataset["think"])
+    assert kwargs == {"enable_thinking": True}
+    # What TRL renders: without the switch the no-think template closes an empty block in every prompt.
+    header = "<|im_start|>assistant\n"
+    for chat_kwargs, ending in (({}, header + "<think>\n\n</think>\n\n"), (kwargs, header + "<think>\n")):
+        args = grpo_config(_cfg(compose, "grpo.max_completion_length=3"), tmp_path, vision_token_ids(model),
+                           chat_kwargs)
+        assert args.chat_template_kwargs == (chat_kwargs or None)
+        with left_padding(processor):
+            trainer = DapoGRPOTrainer(model=model, processing_class=processor, args=args, dapo_filter=False,
+                                      train_dataset=dataset, reward_funcs=make_reward_funcs())
+            trainer.model.train()
+            out = trainer._generate_and_score_completions([dataset[i] for i in (0, 0, 1, 1)])
+        assert all(text.endswith(ending) for text in _prompt_texts(processor, out))
+    assert all(text.rpartition(header)[2] == "<think>\n" for text in _prompt_texts(processor, out))
+
+    # The completion holds the reasoning and the closing tag only; scored behind the opening it earns the format.
+    opening = generation_opening(processor, kwargs)
+    assert opening == "<think>\n"
+    accuracy, fmt = make_reward_funcs(opening=opening)
+    completions = [[{"role": "assistant", "content": "the red box is nearer</think>\nA"}],
+                   [{"role": "assistant", "content": "A"}],  # the opened block never closed: no answer
+                   [{"role": "assistant", "content": "x</think> <think>y</think> A"}]]  # two think blocks
+    meta = [json.dumps({"mode": "multiple_choice", "answer": "A"})] * 3
+    assert fmt(prompts=[None] * 3, completions=completions, think=[True] * 3, meta_info=meta) == [1.0, 0.0, 0.0]
+    assert accuracy(prompts=[None] * 3, completions=completions, meta_info=meta, think=[True] * 3) == [1.0, 0.0, 1.0]
+    # Scored bare (before this fix), the good completion missed the opened <think> and lost its format reward.
+    assert make_reward_funcs()[1](prompts=[None], completions=completions[:1], think=[True]) == [0.0]
+
+    # Mixed run, one switch: a non-think row gets the block opened too and earns the plain format by closing it
+    # at once; reasoning in a non-think row still fails the format.
+    closed_at_once = [[{"role": "assistant", "content": "\n</think>\n\nA"}],
+                      [{"role": "assistant", "content": "depth</think>\nA"}]]
+    assert fmt(prompts=[None] * 2, completions=closed_at_once, think=[False] * 2) == [1.0, 0.0]
+
+    # The think flavour (4B and larger) opens the block by default and closes it empty only when told to.
+    processor.chat_template = trl_chat_template("qwen3_5_think")
+    assert generation_opening(processor, template_kwargs(processor, [True])) == "<think>\n"
+    assert generation_opening(processor, template_kwargs(processor, [False])) == "<think>\n\n</think>\n\n"
+    plain = make_reward_funcs(opening=generation_opening(processor, template_kwargs(processor, [False])))[1]
+    answers = [[{"role": "assistant", "content": "A"}], [{"role": "assistant", "content": "<think>\n\n</think>\n\nA"}]]
+    assert plain(prompts=[None] * 2, completions=answers, think=[False] * 2) == [1.0, 1.0]
+
+
+def test_templates_without_a_thinking_switch_render_and_score_as_before(compose, tmp_path, tiny_backbone):
+    _, processor = tiny_backbone  # Qwen2.5-VL
+    assert template_kwargs(processor, [True, False]) == {} and generation_opening(processor, {}) == ""
+    assert grpo_config(_cfg(compose), tmp_path, chat_template_kwargs={}).chat_template_kwargs is None
+    accuracy, fmt = make_reward_funcs(opening=generation_opening(processor, {}))
+    texts = ["<think>x</think> B", "B", "<think></think> B", "x</think> B", "<think>x B"]
+    completions = [[{"role": "assistant", "content": t}] for t in texts]
+    meta = json.dumps({"mode": "multiple_choice", "answer": "B"})
+    for think in (True, False):
+        assert fmt(prompts=[None] * 5, completions=completions, think=[think] * 5) == [
+            format_score(t, require_think=think) for t in texts]
+        assert accuracy(prompts=[None] * 5, completions=completions, meta_info=[meta] * 5, think=[think] * 5) == [
+            accuracy_reward(t, json.loads(meta)) for t in texts]
+    assert fmt(prompts=[None] * 5, completions=completions, think=[False] * 5) == [0.0, 1.0, 0.0, 0.0, 0.0]

@@ -6,7 +6,9 @@ mean relative accuracy), AP at IoU 0.15 and mean IoU after Hungarian matching (3
 (`mode` a list of score names) are scored by VST's reward accuracy (`rewards.accuracy_reward`), their 3D-detection
 rows by AP and IoU. Each skill's chance level sits in the same row: 1 / #options, the MRA of always answering the
 skill's mean value, and the AP / IoU of answering the skill's mean box (none for VST accuracy). Writes
-`metrics.json` and `metrics.md`, prints the table.
+`metrics.json` and `metrics.md`, prints the table. With a thinking switch in the chat template (Qwen3.5), each
+prompt is rendered with `enable_thinking` set by its own row and scored on the full reply, as in RL
+(spatial_tuning/thinking.py).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from spatial_tuning.rewards import (
     split_answer,
 )
 from spatial_tuning.sample import SpatialSample
+from spatial_tuning.thinking import assistant_reply, generation_opening, template_kwargs
 from vst_vla.atomic import write_json, write_text
 from vst_vla.backbone import device_of, load_backbone
 
@@ -52,10 +55,17 @@ METRIC_NAMES = {"multiple_choice": "accuracy", "numeric": "MRA", "bbox3d": "AP@1
 # --- generation ------------------------------------------------------------------------------------------
 
 
-def _batch_inputs(samples: Sequence[SpatialSample], processor, think: bool | None, prompt_format: str):
-    texts = [processor.apply_chat_template(
-        s.messages(think=uses_think_prompt(s.meta_info, s.think, prompt_format, think), include_answer=False),
-        tokenize=False, add_generation_prompt=True) for s in samples]
+def prompt_texts(samples: Sequence[SpatialSample], wants_think: Sequence[bool], processor) -> list[str]:
+    """Generation prompts of `samples`, each with the think prompt and the template's thinking switch (where it has
+    one) set by its own flag in `wants_think`; unlike RL's one switch per run, a non-think row is never opened a
+    think block."""
+    return [processor.apply_chat_template(s.messages(think=w, include_answer=False), tokenize=False,
+                                          add_generation_prompt=True, **template_kwargs(processor, [w]))
+            for s, w in zip(samples, wants_think)]
+
+
+def _batch_inputs(samples: Sequence[SpatialSample], wants_think: Sequence[bool], processor):
+    texts = prompt_texts(samples, wants_think, processor)
     images = [image for s in samples for image in s.pil_images()]
     videos = [[np.asarray(frame) for frame in frames] for s in samples for frames in s.pil_videos()]
     kwargs: dict[str, Any] = {"text": texts, "padding": True, "return_tensors": "pt"}
@@ -84,20 +94,25 @@ def left_padding(processor) -> Iterator[None]:
 def generate_answers(model, processor, samples: Sequence[SpatialSample], think: bool | None = None,
                      batch_size: int = 8, max_new_tokens: int = 128, desc: str = "generating",
                      prompt_format: str = "none") -> list[str]:
-    """Greedy completions for `samples`, batched with left padding (prompts end where generation starts); the think
-    prompt goes where `prompts.uses_think_prompt(..., prompt_format, think)` says."""
+    """Greedy replies to `samples`, batched with left padding (prompts end where generation starts); the think
+    prompt goes where `prompts.uses_think_prompt(..., prompt_format, think)` says. A reply is the generated text
+    behind what the chat template opened for it (`thinking.assistant_reply`), so it is scored as in RL."""
     tokenizer = processor.tokenizer
     device = device_of(model)
     model.eval()
-    completions: list[str] = []
+    wants_think = [uses_think_prompt(s.meta_info, s.think, prompt_format, think) for s in samples]
+    openings = {w: generation_opening(processor, template_kwargs(processor, [w])) for w in set(wants_think)}
+    replies: list[str] = []
     with left_padding(processor):
         for start in tqdm(range(0, len(samples), batch_size), desc=desc, leave=False):
-            inputs = _batch_inputs(samples[start:start + batch_size], processor, think, prompt_format).to(device)
+            wants = wants_think[start:start + batch_size]
+            inputs = _batch_inputs(samples[start:start + batch_size], wants, processor).to(device)
             output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
                                     pad_token_id=tokenizer.pad_token_id)
             new_tokens = output[:, inputs["input_ids"].shape[1]:]
-            completions += tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-    return completions
+            texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+            replies += [assistant_reply(openings[w], text, w) for text, w in zip(texts, wants)]
+    return replies
 
 
 # --- scoring ---------------------------------------------------------------------------------------------
@@ -165,13 +180,12 @@ def evaluate_checkpoint(source: Any, samples: Sequence[SpatialSample], cfg: Dict
         model_cfg["source"] = str(source)
     model, processor = load_backbone(model_cfg)
     prompt_format = str(OmegaConf.select(cfg, "prompt.format", default="none"))
-    completions = generate_answers(model, processor, samples, think=cfg.think,
-                                   batch_size=int(cfg.generation.batch_size),
-                                   max_new_tokens=int(cfg.generation.max_new_tokens), desc=f"eval {name}",
-                                   prompt_format=prompt_format)
+    replies = generate_answers(model, processor, samples, think=cfg.think, batch_size=int(cfg.generation.batch_size),
+                               max_new_tokens=int(cfg.generation.max_new_tokens), desc=f"eval {name}",
+                               prompt_format=prompt_format)
     # Format means the think format where the think prompt was used, a plain non-empty answer elsewhere.
     records = [score_answer(c, s, require_think=uses_think_prompt(s.meta_info, s.think, prompt_format, cfg.think))
-               for c, s in zip(completions, samples)]
+               for c, s in zip(replies, samples)]
     del model
     return {"source": str(model_cfg["source"]), "skills": skill_metrics(records),
             "format_rate": float(np.mean([r["format"] for r in records])) if records else float("nan"),

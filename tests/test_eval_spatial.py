@@ -8,8 +8,17 @@ import json
 import pytest
 from PIL import Image
 
-from spatial_tuning.eval_spatial import evaluate, generate_answers, render_table, score_answer, skill_metrics
+from spatial_tuning.eval_spatial import (
+    evaluate,
+    generate_answers,
+    prompt_texts,
+    render_table,
+    score_answer,
+    skill_metrics,
+)
+from spatial_tuning.grpo import make_reward_funcs
 from spatial_tuning.sample import SpatialSample
+from vst_vla.backbone import load_backbone
 
 BOX = [0.1, 0.0, 2.0, 0.4, 0.3, 0.5, 0.0, 0.1, 0.0]
 
@@ -126,3 +135,37 @@ def test_cli_reads_vst_parquet_and_writes_metrics(tmp_path):
     assert saved["n_samples"] == 3 and set(saved["checkpoints"]["model"]["skills"]) == {"bbox3d", "depth_comparison",
                                                                                        "distance"}
     assert result["table"].splitlines()[0] == "| skill | n | metric | chance | model |"
+
+
+def test_qwen3_5_think_rows_are_prompted_and_scored_as_in_rl(compose, tmp_path):
+    model, processor = load_backbone({"source": "tiny_qwen3_5", "device": "cpu"})
+    samples = eval_samples()[:3]  # mc0 thinks (its type contains "thought"); mc1 and num0 do not
+    wants = [s.think for s in samples]
+    assert wants == [True, False, False]
+    # Each row's own switch: the think row's block is opened, the others keep the template's closed empty block.
+    header = "<|im_start|>assistant\n"
+    assert [p.rpartition(header)[2] for p in prompt_texts(samples, wants, processor)] == [
+        "<think>\n", "<think>\n\n</think>\n\n", "<think>\n\n</think>\n\n"]
+
+    replies = generate_answers(model, processor, samples, batch_size=3, max_new_tokens=5)
+    # The think row's reply is the opened <think> plus what the model generated after it (greedy, one by one).
+    inputs = processor(text=prompt_texts(samples[:1], [True], processor), images=samples[0].pil_images(),
+                       return_tensors="pt")
+    generated = model.generate(**inputs, max_new_tokens=5, do_sample=False)[:, inputs["input_ids"].shape[1]:]
+    completion = processor.tokenizer.decode(generated[0], skip_special_tokens=True)
+    assert replies[0] == "<think>\n" + completion
+    # Scored as RL scores the same completion behind the same opening.
+    rl_format = make_reward_funcs(opening="<think>\n")[1]
+    assert score_answer(replies[0], samples[0])["format"] == rl_format(
+        prompts=[None], completions=[completion], think=[True])[0]
+
+    # A think completion that closes the opened block earns the format and is scored on its answer.
+    good = score_answer("<think>\n" + "the red box is nearer</think>\nA", samples[0])
+    assert good["format"] == 1.0 and good["correct"] == 1.0
+    assert rl_format(prompts=[None], completions=["the red box is nearer</think>\nA"], think=[True]) == [1.0]
+
+    # Through `evaluate`, the examples kept in metrics.json are the full replies.
+    cfg = compose("eval-spatial", ["experiment=tiny", "model=tiny_qwen3_5", "model.device=cpu",
+                                   "generation.max_new_tokens=5", "generation.batch_size=3"])
+    examples = evaluate(cfg, samples, tmp_path)["results"]["model"]["examples"]
+    assert [e["completion"] for e in examples] == replies

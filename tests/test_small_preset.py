@@ -56,3 +56,17 @@ def test_small_experiment_budgets_are_steps_and_the_comparison_has_power(compose
     assert rl.grpo.max_steps > 0 and rl.grpo.time_limit_s is None
     assert compose("sft", ["experiment=small"]).optim.max_steps > 0
     assert int(next(o for o in overrides["synth"] if o.startswith("counts_per_skill.test=")).split("=")[1]) >= 20
+
+
+def test_the_rotary_base_override_reaches_the_model_config_and_its_cache_key():
+    # `small` sets rope_theta (a randomly initialised model needs a low base to learn where things are in an
+    # image); the override is part of the cache key, and presets that leave it unset keep their old keys.
+    spec = SIZE_PRESETS["small"]
+    assert spec.rope_theta == 10.0
+    config = build_config(spec, build_tokenizer(spec))
+    assert config.text_config.rope_parameters["rope_theta"] == 10.0
+    assert config.vision_config.hidden_size == 192  # the vision tower's own rotary is untouched
+    default = TinySpec(**{**spec.key_fields(), "rope_theta": None})
+    assert build_config(default, build_tokenizer(default)).text_config.rope_parameters["rope_theta"] == 1_000_000.0
+    assert spec.cache_key() != default.cache_key()
+    assert "rope_theta" not in TinySpec().key_fields()

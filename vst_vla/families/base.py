@@ -13,7 +13,6 @@ import hashlib
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -78,7 +77,7 @@ class BackboneFamily(ABC):
         """Hash of the dimensions, seed, family, recipe version and chat template (read from an installed package
         for the newer families, so a changed template rebuilds the preset)."""
         template = hashlib.sha256(self.chat_template().encode()).hexdigest()[:12]
-        payload = json.dumps(asdict(spec), sort_keys=True) + f"|{self.name}|{self.build_version}|{template}"
+        payload = json.dumps(spec.key_fields(), sort_keys=True) + f"|{self.name}|{self.build_version}|{template}"
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
     def build_tokenizer(self, spec: TinySpec):

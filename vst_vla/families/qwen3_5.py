@@ -45,7 +45,7 @@ class Qwen3_5Family(Qwen3VLFamily):
         config = super().text_config(spec, tokenizer)
         head_dim = config["head_dim"]
         config["rope_parameters"] = {
-            "rope_type": "default", "rope_theta": 10_000_000.0, "partial_rotary_factor": _TINY_PARTIAL_ROTARY,
+            "rope_type": "default", "rope_theta": spec.rope_theta or 10_000_000.0, "partial_rotary_factor": _TINY_PARTIAL_ROTARY,
             "mrope_section": interleaved_mrope_section(int(head_dim * _TINY_PARTIAL_ROTARY)),
             "mrope_interleaved": True,
         }

@@ -74,7 +74,7 @@ class Qwen3VLFamily(BackboneFamily):
             "vocab_size": len(tokenizer), "hidden_size": spec.hidden_size, "intermediate_size": spec.intermediate_size,
             "num_hidden_layers": spec.num_hidden_layers, "num_attention_heads": spec.num_attention_heads,
             "num_key_value_heads": spec.num_key_value_heads, "head_dim": head_dim, "max_position_embeddings": 8192,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 5_000_000.0,
+            "rope_parameters": {"rope_type": "default", "rope_theta": spec.rope_theta or 5_000_000.0,
                                 "mrope_section": interleaved_mrope_section(head_dim), "mrope_interleaved": True},
             "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"], "pad_token_id": ids["<|endoftext|>"],
             "tie_word_embeddings": True,

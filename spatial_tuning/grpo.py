@@ -127,18 +127,21 @@ def make_reward_funcs(require_think: bool = True, opening: str = "") -> list[Cal
     VST's 3D-detection rows are held to its JSON box format. Both score the assistant reply: the completion behind
     `opening`, what the chat template wrote after the assistant header (`thinking.assistant_reply`)."""
 
-    def replies(completions, think) -> list[str]:
-        wants = think if think is not None else [require_think] * len(completions)
-        return [assistant_reply(opening, _text(c), bool(w)) for c, w in zip(completions, wants)]
+    def wanted(completions, think) -> list[bool]:
+        return [bool(w) for w in think] if think is not None else [require_think] * len(completions)
+
+    def replies(completions, wants) -> list[str]:
+        return [assistant_reply(opening, _text(c), w) for c, w in zip(completions, wants)]
 
     def accuracy(prompts, completions, meta_info, think=None, **kwargs) -> list[float]:
-        return [accuracy_reward(r, parse_meta_info(m)) for r, m in zip(replies(completions, think), meta_info)]
+        wants = wanted(completions, think)
+        return [accuracy_reward(r, parse_meta_info(m)) for r, m in zip(replies(completions, wants), meta_info)]
 
     def format(prompts, completions, think=None, meta_info=None, **kwargs) -> list[float]:
-        wants = think if think is not None else [require_think] * len(completions)
+        wants = wanted(completions, think)
         metas = meta_info if meta_info is not None else [None] * len(completions)
-        return [format_score(r, parse_meta_info(m) if m is not None else None, require_think=bool(w))
-                for r, w, m in zip(replies(completions, think), wants, metas)]
+        return [format_score(r, parse_meta_info(m) if m is not None else None, require_think=w)
+                for r, w, m in zip(replies(completions, wants), wants, metas)]
 
     return [accuracy, format]
 

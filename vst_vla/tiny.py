@@ -78,9 +78,9 @@ class TinySpec:
     rope_theta: float | None = None
 
     def key_fields(self) -> dict:
-        """The fields a cache key is derived from: unset optional fields are left out, so the keys of presets
-        built before those fields existed stay the same (and their caches valid)."""
-        return {k: v for k, v in asdict(self).items() if not (k == "rope_theta" and v is None)}
+        """The fields a cache key is derived from: unset (None) optional fields are left out, so the keys of
+        presets built before those fields existed stay the same (and their caches valid)."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
 
     def cache_key(self) -> str:
         payload = json.dumps(self.key_fields(), sort_keys=True) + f"|{_BUILD_VERSION}"

@@ -85,7 +85,7 @@ def test_reward_functions_in_trl_signature():
     assert fmt(prompts=[None] * 2, completions=completions, think=[False, False]) == [0.0, 1.0]
 
 
-def test_vllm_only_with_vllm_and_gpu():
+def test_vllm_falls_back_or_refuses_without_a_gpu():
     if torch.cuda.is_available():
         pytest.skip("checks the CPU fallback")
     assert vllm_usable("auto") is False and vllm_usable(False) is False

@@ -150,3 +150,49 @@ def test_real_size_benchmark_runs_at_small_size(tmp_path):
     for mode in ("eager", "compiled"):
         served = result["serve"][mode]
         assert served["errors"] == 0 and served["requests"] == 3 and served["p50_ms"] > 0
+
+
+def _learnability():
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "bench" / "learnability.py"
+    spec = importlib.util.spec_from_file_location("learnability", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_learnability_probes_answer_what_the_image_shows():
+    """Every probe's ground truth is what its image shows: the asked colour's pixels sit in the answered quadrant."""
+    probes = _learnability()
+    for name in probes.PROBES:
+        for sample in probes.make_split(name, 12, seed=3, size=112, side=16):
+            image = np.asarray(sample.pil_images()[0].convert("RGB"))
+            question, answer = sample.conversations[0]["value"], sample.meta_info["answer"]
+            options = [o.split(". ", 1)[1] for o in sample.meta_info["options"]]
+            chosen = options["ABCDEF".index(answer)]
+            asked = next((c for c in probes.COLOURS if f" {c} square" in question), None)
+
+            def quadrants_of(colour):
+                ys, xs = np.nonzero((image == probes.COLOURS[colour]).all(axis=-1))
+                return {probes.QUADRANTS[2 * int(y >= 56) + int(x >= 56)] for y, x in zip(ys, xs)}
+
+            if name == "colour":
+                assert quadrants_of(chosen)
+            elif name == "position":
+                assert quadrants_of("white") == {chosen}
+            elif name == "colour_present":
+                assert bool(quadrants_of(asked)) == (chosen == "yes")
+            else:
+                assert quadrants_of(asked) == {chosen}
+
+
+def test_learnability_benchmark_trains_and_scores_every_probe():
+    """`bench/learnability.py` at the tiny preset: each probe trains (its held-out loss falls) and is scored."""
+    results = _learnability().main(["--experiment", "tiny", "--steps", "3", "--train", "24", "--test", "8",
+                                    "--threads", "1"])
+    assert [r["probe"] for r in results] == ["colour", "position", "colour_present", "colour_position"]
+    assert [r["chance"] for r in results] == pytest.approx([1 / 6, 1 / 4, 1 / 2, 1 / 4])
+    for r in results:
+        assert r["steps"] == 3 and r["n"] == 8 and 0.0 <= r["accuracy"] <= 1.0
+        assert r["loss_end"] < r["loss_start"]

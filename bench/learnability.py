@@ -1,0 +1,175 @@
+"""Can a backbone preset learn the primitives every spatial question is built of? Four synthetic probes, each
+trained from a fresh backbone with an experiment's SFT recipe for the same number of steps and scored greedily on
+held-out images (coloured squares on grey, one square per quadrant at most):
+
+  colour           "What colour is the square?"                   the image alone decides the answer
+  position         "Which quadrant is the square in?"             where something is, read from the image
+  colour_present   "Is there a <colour> square?"                  a word of the question matched to the image
+  colour_position  "Which quadrant is the <colour> square in?"    both: the binding a spatial question needs
+
+    .venv/bin/python bench/learnability.py --experiment small --steps 150            # ~25 min on 2 CPU cores
+    .venv/bin/python bench/learnability.py --experiment small --probes colour_position --steps 400 --pack 512
+
+A skill such as "which of these objects is closest to the camera" needs `colour_position`: a preset that cannot
+learn it within a budget will not learn those skills within it either (see the README's "small experiment").
+Every budget is steps; the table gives held-out accuracy against chance and the held-out loss before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from spatial_tuning.sample import SpatialSample  # noqa: E402
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 60, 230), "yellow": (230, 220, 30),
+           "white": (250, 250, 250), "black": (10, 10, 10)}
+QUADRANTS = ("top-left", "top-right", "bottom-left", "bottom-right")
+LETTERS = "ABCDEF"
+
+
+def draw(rng: np.random.Generator, colours: list[str], size: int, side: int) -> tuple[bytes, list[int]]:
+    """A grey PNG with one `side`-pixel square of each colour in distinct random quadrants; their quadrants."""
+    image = np.full((size, size, 3), 128, np.uint8)
+    quadrants = [int(q) for q in rng.permutation(4)[:len(colours)]]
+    half = size // 2
+    for quadrant, colour in zip(quadrants, colours):
+        top, left = (quadrant // 2) * half, (quadrant % 2) * half
+        y = int(rng.integers(top + 2, top + half - side - 1))
+        x = int(rng.integers(left + 2, left + half - side - 1))
+        image[y:y + side, x:x + side] = COLOURS[colour]
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue(), quadrants
+
+
+def _row(probe: str, k: int, png: bytes, question: str, options: list[str], answer: int) -> SpatialSample:
+    listing = "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(options))
+    prompt = f"<|image_pad|>\n{question}\nOptions:\n{listing}\nAnswer with the option's letter."
+    letter = LETTERS[answer]
+    return SpatialSample(id=f"{probe}_{k:05d}", images=[png], type="single_image", data_source="learnability_probe",
+                         conversations=[{"from": "human", "value": prompt}, {"from": "gpt", "value": letter}],
+                         meta_info={"skill": probe, "mode": "multiple_choice", "scenario": "single_image",
+                                    "answer": letter, "options": [f"{LETTERS[i]}. {o}" for i, o in enumerate(options)]})
+
+
+def colour(rng, k, size, side):
+    names = list(COLOURS)
+    answer = int(rng.integers(len(names)))
+    png, _ = draw(rng, [names[answer]], size, side)
+    return _row("colour", k, png, "What colour is the square?", names, answer)
+
+
+def position(rng, k, size, side):
+    png, (quadrant,) = draw(rng, ["white"], size, side)
+    return _row("position", k, png, "Which quadrant of the image is the square in?", list(QUADRANTS), quadrant)
+
+
+def colour_present(rng, k, size, side):
+    names = [str(c) for c in rng.permutation(list(COLOURS))]
+    png, _ = draw(rng, names[:2], size, side)
+    present = bool(rng.random() < 0.5)
+    asked = names[int(rng.integers(2))] if present else names[2]
+    return _row("colour_present", k, png, f"Is there a {asked} square in the image?", ["yes", "no"],
+                0 if present else 1)
+
+
+def colour_position(rng, k, size, side):
+    names = [str(c) for c in rng.permutation(list(COLOURS))[:3]]
+    png, quadrants = draw(rng, names, size, side)
+    target = int(rng.integers(3))
+    return _row("colour_position", k, png, f"Which quadrant of the image is the {names[target]} square in?",
+                list(QUADRANTS), quadrants[target])
+
+
+PROBES: dict[str, tuple[str, Callable]] = {
+    "colour": ("the image alone", colour),
+    "position": ("where, from the image", position),
+    "colour_present": ("a question word matched to the image", colour_present),
+    "colour_position": ("binding a word to a place", colour_position),
+}
+
+
+def make_split(probe: str, n: int, seed: int, size: int, side: int) -> list[SpatialSample]:
+    rng = np.random.default_rng(seed)
+    return [PROBES[probe][1](rng, k, size, side) for k in range(n)]
+
+
+def run_probe(probe: str, args: argparse.Namespace, out: Path) -> dict:
+    """Train a fresh backbone on one probe with the experiment's SFT recipe; held-out accuracy and loss."""
+    from hydra import compose, initialize_config_dir
+    from transformers import set_seed
+
+    from spatial_tuning.eval_spatial import generate_answers, score_answer, skill_metrics
+    from spatial_tuning.sft import train_sft
+    from vst_vla.backbone import load_backbone
+    from vst_vla.hydra_run import setup_torch
+    from vst_vla.paths import config_dir
+
+    overrides = [f"experiment={args.experiment}", f"optim.max_steps={args.steps}", f"output_dir={out / probe}",
+                 "save_steps=null", "report_to=[]", f"seed={args.seed}", *args.override]
+    if args.pack:
+        overrides.append(f"max_tokens_per_pack={args.pack}")
+    if args.threads:
+        overrides.append(f"trainer.torch_threads={args.threads}")
+    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir()), job_name="learnability"):
+        cfg = compose(config_name="sft", overrides=overrides)
+    setup_torch(cfg)
+    set_seed(args.seed)
+    train = make_split(probe, args.train, args.seed, args.image_size, args.side)
+    test = make_split(probe, args.test, args.seed + 1, args.image_size, args.side)
+    model, processor = load_backbone(cfg.model)
+    metrics = train_sft(cfg, model, processor, train, test)
+    replies = generate_answers(model, processor, test, batch_size=16, max_new_tokens=8, desc=probe)
+    scores = skill_metrics([score_answer(reply, sample, require_think=False) for reply, sample in zip(replies, test)])
+    entry = scores[probe]
+    return {"probe": probe, "accuracy": entry["value"], "chance": entry["chance"], "n": entry["n"],
+            "loss_start": metrics.get("eval_loss_start"), "loss_end": metrics.get("eval_loss_end"),
+            "steps": metrics["global_step"], "model": cfg.model.name}
+
+
+def table(results: list[dict]) -> str:
+    lines = ["| probe | needs | chance | accuracy | x chance | held-out loss |", "|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['probe']} | {PROBES[r['probe']][0]} | {r['chance']:.3f} | {r['accuracy']:.3f} "
+                     f"(n={r['n']}) | {r['accuracy'] / r['chance']:.2f} | {r['loss_start']:.3f} -> "
+                     f"{r['loss_end']:.3f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--experiment", default="small", help="whose model and SFT recipe (configs/experiment/)")
+    parser.add_argument("--probes", nargs="+", default=list(PROBES), choices=list(PROBES))
+    parser.add_argument("--steps", type=int, default=150, help="optimizer steps per probe")
+    parser.add_argument("--pack", type=int, default=None, help="max_tokens_per_pack (default: the experiment's)")
+    parser.add_argument("--train", type=int, default=1500, help="training images per probe")
+    parser.add_argument("--test", type=int, default=128, help="held-out images per probe")
+    parser.add_argument("--image-size", type=int, default=112)
+    parser.add_argument("--side", type=int, default=16, help="square side in pixels")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--override", nargs="*", default=[], help="more sft overrides, e.g. ++model.tiny.rope_theta=2")
+    args = parser.parse_args(argv)
+    if args.side >= args.image_size // 2 - 3:
+        parser.error(f"--side {args.side} does not fit a quadrant of a {args.image_size} px image")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        results = [run_probe(probe, args, Path(tmp)) for probe in args.probes]
+    print(f"learnability: experiment={args.experiment} model={results[0]['model']} {args.steps} steps per probe, "
+          f"{args.train} training / {args.test} held-out images of {args.image_size} px")
+    print(table(results))
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -3,6 +3,7 @@ trained from a fresh backbone with an experiment's SFT recipe for the same numbe
 held-out images (coloured squares on grey, one square per quadrant at most):
 
   colour           "What colour is the square?"                   the image alone decides the answer
+  colour_word      the same, answered with the colour's name      the image read out as a word of the vocabulary
   position         "Which quadrant is the square in?"             where something is, read from the image
   colour_present   "Is there a <colour> square?"                  a word of the question matched to the image
   colour_position  "Which quadrant is the <colour> square in?"    both: the binding a spatial question needs
@@ -52,12 +53,17 @@ def draw(rng: np.random.Generator, colours: list[str], size: int, side: int) -> 
     return buffer.getvalue(), quadrants
 
 
-def _row(probe: str, k: int, png: bytes, question: str, options: list[str], answer: int) -> SpatialSample:
+def _row(probe: str, k: int, png: bytes, question: str, options: list[str], answer: int,
+         lettered: bool = True) -> SpatialSample:
+    """A multiple-choice row: options listed and answered by letter, or (`lettered=False`) answered by the option's
+    text with the options kept only in `meta_info` for scoring."""
     listing = "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(options))
-    prompt = f"<|image_pad|>\n{question}\nOptions:\n{listing}\nAnswer with the option's letter."
+    prompt = (f"<|image_pad|>\n{question}\nOptions:\n{listing}\nAnswer with the option's letter." if lettered
+              else f"<|image_pad|>\n{question}")
     letter = LETTERS[answer]
     return SpatialSample(id=f"{probe}_{k:05d}", images=[png], type="single_image", data_source="learnability_probe",
-                         conversations=[{"from": "human", "value": prompt}, {"from": "gpt", "value": letter}],
+                         conversations=[{"from": "human", "value": prompt},
+                                        {"from": "gpt", "value": letter if lettered else options[answer]}],
                          meta_info={"skill": probe, "mode": "multiple_choice", "scenario": "single_image",
                                     "answer": letter, "options": [f"{LETTERS[i]}. {o}" for i, o in enumerate(options)]})
 
@@ -67,6 +73,14 @@ def colour(rng, k, size, side):
     answer = int(rng.integers(len(names)))
     png, _ = draw(rng, [names[answer]], size, side)
     return _row("colour", k, png, "What colour is the square?", names, answer)
+
+
+def colour_word(rng, k, size, side):
+    names = list(COLOURS)
+    answer = int(rng.integers(len(names)))
+    png, _ = draw(rng, [names[answer]], size, side)
+    return _row("colour_word", k, png, "What colour is the square? Answer with one word.", names, answer,
+                lettered=False)
 
 
 def position(rng, k, size, side):
@@ -93,6 +107,7 @@ def colour_position(rng, k, size, side):
 
 PROBES: dict[str, tuple[str, Callable]] = {
     "colour": ("the image alone", colour),
+    "colour_word": ("the image read out as a word", colour_word),
     "position": ("where, from the image", position),
     "colour_present": ("a question word matched to the image", colour_present),
     "colour_position": ("binding a word to a place", colour_position),
@@ -104,8 +119,9 @@ def make_split(probe: str, n: int, seed: int, size: int, side: int) -> list[Spat
     return [PROBES[probe][1](rng, k, size, side) for k in range(n)]
 
 
-def run_probe(probe: str, args: argparse.Namespace, out: Path) -> dict:
-    """Train a fresh backbone on one probe with the experiment's SFT recipe; held-out accuracy and loss."""
+def run_probes(probes: list[str], args: argparse.Namespace, out: Path) -> list[dict]:
+    """Train one fresh backbone on `probes` together with the experiment's SFT recipe; each probe's held-out
+    accuracy, and the held-out loss of them all."""
     from hydra import compose, initialize_config_dir
     from transformers import set_seed
 
@@ -115,7 +131,7 @@ def run_probe(probe: str, args: argparse.Namespace, out: Path) -> dict:
     from vst_vla.hydra_run import setup_torch
     from vst_vla.paths import config_dir
 
-    overrides = [f"experiment={args.experiment}", f"optim.max_steps={args.steps}", f"output_dir={out / probe}",
+    overrides = [f"experiment={args.experiment}", f"optim.max_steps={args.steps}", f"output_dir={out / '+'.join(probes)}",
                  "save_steps=null", "report_to=[]", f"seed={args.seed}", *args.override]
     if args.pack:
         overrides.append(f"max_tokens_per_pack={args.pack}")
@@ -125,24 +141,26 @@ def run_probe(probe: str, args: argparse.Namespace, out: Path) -> dict:
         cfg = compose(config_name="sft", overrides=overrides)
     setup_torch(cfg)
     set_seed(args.seed)
-    train = make_split(probe, args.train, args.seed, args.image_size, args.side)
-    test = make_split(probe, args.test, args.seed + 1, args.image_size, args.side)
+    # Interleaved, so that a joint run sees every probe from its first step on.
+    train = [s for row in zip(*(make_split(p, args.train, args.seed, args.image_size, args.side) for p in probes))
+             for s in row]
+    test = [s for p in probes for s in make_split(p, args.test, args.seed + 1, args.image_size, args.side)]
     model, processor = load_backbone(cfg.model)
     metrics = train_sft(cfg, model, processor, train, test)
-    replies = generate_answers(model, processor, test, batch_size=16, max_new_tokens=8, desc=probe)
+    replies = generate_answers(model, processor, test, batch_size=16, max_new_tokens=8, desc="+".join(probes))
     scores = skill_metrics([score_answer(reply, sample, require_think=False) for reply, sample in zip(replies, test)])
-    entry = scores[probe]
-    return {"probe": probe, "accuracy": entry["value"], "chance": entry["chance"], "n": entry["n"],
-            "loss_start": metrics.get("eval_loss_start"), "loss_end": metrics.get("eval_loss_end"),
-            "steps": metrics["global_step"], "model": cfg.model.name}
+    return [{"probe": p, "accuracy": scores[p]["value"], "chance": scores[p]["chance"], "n": scores[p]["n"],
+             "loss_start": metrics.get("eval_loss_start"), "loss_end": metrics.get("eval_loss_end"),
+             "steps": metrics["global_step"], "model": cfg.model.name, "trained_with": list(probes)} for p in probes]
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| probe | needs | chance | accuracy | x chance | held-out loss |", "|---|---|---|---|---|---|"]
+    lines = ["| probe | needs | trained with | chance | accuracy | x chance | held-out loss |",
+             "|---|---|---|---|---|---|---|"]
     for r in results:
-        lines.append(f"| {r['probe']} | {PROBES[r['probe']][0]} | {r['chance']:.3f} | {r['accuracy']:.3f} "
-                     f"(n={r['n']}) | {r['accuracy'] / r['chance']:.2f} | {r['loss_start']:.3f} -> "
-                     f"{r['loss_end']:.3f} |")
+        lines.append(f"| {r['probe']} | {PROBES[r['probe']][0]} | {' + '.join(r['trained_with'])} | "
+                     f"{r['chance']:.3f} | {r['accuracy']:.3f} (n={r['n']}) | {r['accuracy'] / r['chance']:.2f} | "
+                     f"{r['loss_start']:.3f} -> {r['loss_end']:.3f} |")
     return "\n".join(lines)
 
 
@@ -150,7 +168,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--experiment", default="small", help="whose model and SFT recipe (configs/experiment/)")
     parser.add_argument("--probes", nargs="+", default=list(PROBES), choices=list(PROBES))
-    parser.add_argument("--steps", type=int, default=150, help="optimizer steps per probe")
+    parser.add_argument("--steps", type=int, default=150, help="optimizer steps per probe (per run with --joint)")
+    parser.add_argument("--joint", action="store_true", help="train one backbone on all --probes together "
+                        "(does reading colours out as words help match a colour word to the image?)")
     parser.add_argument("--pack", type=int, default=None, help="max_tokens_per_pack (default: the experiment's)")
     parser.add_argument("--train", type=int, default=1500, help="training images per probe")
     parser.add_argument("--test", type=int, default=128, help="held-out images per probe")
@@ -164,8 +184,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         parser.error(f"--side {args.side} does not fit a quadrant of a {args.image_size} px image")
 
     with tempfile.TemporaryDirectory() as tmp:
-        results = [run_probe(probe, args, Path(tmp)) for probe in args.probes]
-    print(f"learnability: experiment={args.experiment} model={results[0]['model']} {args.steps} steps per probe, "
+        groups = [list(args.probes)] if args.joint else [[p] for p in args.probes]
+        results = [r for group in groups for r in run_probes(group, args, Path(tmp))]
+    print(f"learnability: experiment={args.experiment} model={results[0]['model']} {args.steps} steps per run, "
           f"{args.train} training / {args.test} held-out images of {args.image_size} px")
     print(table(results))
     return results

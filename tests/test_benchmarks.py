@@ -171,13 +171,15 @@ def test_learnability_probes_answer_what_the_image_shows():
             question, answer = sample.conversations[0]["value"], sample.meta_info["answer"]
             options = [o.split(". ", 1)[1] for o in sample.meta_info["options"]]
             chosen = options["ABCDEF".index(answer)]
+            if name == "colour_word":  # answered with the colour's name, the options kept for scoring only
+                assert sample.conversations[1]["value"] == chosen and "Options" not in question
             asked = next((c for c in probes.COLOURS if f" {c} square" in question), None)
 
             def quadrants_of(colour):
                 ys, xs = np.nonzero((image == probes.COLOURS[colour]).all(axis=-1))
                 return {probes.QUADRANTS[2 * int(y >= 56) + int(x >= 56)] for y, x in zip(ys, xs)}
 
-            if name == "colour":
+            if name in ("colour", "colour_word"):
                 assert quadrants_of(chosen)
             elif name == "position":
                 assert quadrants_of("white") == {chosen}
@@ -191,8 +193,15 @@ def test_learnability_benchmark_trains_and_scores_every_probe():
     """`bench/learnability.py` at the tiny preset: each probe trains (its held-out loss falls) and is scored."""
     results = _learnability().main(["--experiment", "tiny", "--steps", "3", "--train", "24", "--test", "8",
                                     "--threads", "1"])
-    assert [r["probe"] for r in results] == ["colour", "position", "colour_present", "colour_position"]
-    assert [r["chance"] for r in results] == pytest.approx([1 / 6, 1 / 4, 1 / 2, 1 / 4])
+    assert [r["probe"] for r in results] == ["colour", "colour_word", "position", "colour_present", "colour_position"]
+    assert [r["chance"] for r in results] == pytest.approx([1 / 6, 1 / 6, 1 / 4, 1 / 2, 1 / 4])
     for r in results:
         assert r["steps"] == 3 and r["n"] == 8 and 0.0 <= r["accuracy"] <= 1.0
-        assert r["loss_end"] < r["loss_start"]
+        assert r["loss_end"] < r["loss_start"] and r["trained_with"] == [r["probe"]]
+
+
+def test_learnability_joint_run_trains_one_backbone_on_every_probe():
+    results = _learnability().main(["--experiment", "tiny", "--steps", "2", "--train", "8", "--test", "4",
+                                    "--threads", "1", "--joint", "--probes", "colour_word", "colour_present"])
+    assert [r["probe"] for r in results] == ["colour_word", "colour_present"]
+    assert all(r["trained_with"] == ["colour_word", "colour_present"] and r["n"] == 4 for r in results)

@@ -8,7 +8,7 @@ held-out images (coloured squares on grey, one square per quadrant at most):
   colour_present   "Is there a <colour> square?"                  a word of the question matched to the image
   colour_position  "Which quadrant is the <colour> square in?"    both: the binding a spatial question needs
 
-    .venv/bin/python bench/learnability.py --experiment small --steps 150            # ~25 min on 2 CPU cores
+    .venv/bin/python bench/learnability.py --experiment small --steps 150            # ~10 min a probe, 2 CPU cores
     .venv/bin/python bench/learnability.py --experiment small --probes colour_position --steps 400 --pack 512
 
 A skill such as "which of these objects is closest to the camera" needs `colour_position`: a preset that cannot

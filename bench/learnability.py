@@ -1,4 +1,4 @@
-"""Can a backbone preset learn the primitives every spatial question is built of? Four synthetic probes, each
+"""Can a backbone preset learn the primitives every spatial question is built of? Five synthetic probes, each
 trained from a fresh backbone with an experiment's SFT recipe for the same number of steps and scored greedily on
 held-out images (coloured squares on grey, one square per quadrant at most):
 

@@ -30,7 +30,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from spatial_tuning.sample import SpatialSample  # noqa: E402
+from spatial_tuning.sample import SpatialSample
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 60, 230), "yellow": (230, 220, 30),
            "white": (250, 250, 250), "black": (10, 10, 10)}

@@ -175,7 +175,7 @@ def test_learnability_probes_answer_what_the_image_shows():
                 assert sample.conversations[1]["value"] == chosen and "Options" not in question
             asked = next((c for c in probes.COLOURS if f" {c} square" in question), None)
 
-            def quadrants_of(colour):
+            def quadrants_of(colour, image=image):
                 ys, xs = np.nonzero((image == probes.COLOURS[colour]).all(axis=-1))
                 return {probes.QUADRANTS[2 * int(y >= 56) + int(x >= 56)] for y, x in zip(ys, xs)}
 

@@ -71,10 +71,12 @@ def test_qwen2_5_vl_tiny_preset_is_unchanged(tiny_checkpoint_dir, tiny_backbone)
         logits = model(input_ids=encoded.input_ids, attention_mask=encoded.attention_mask, pixel_values=pixels,
                        image_grid_thw=torch.tensor([[1, 4, 4]])).logits
     assert encoded.input_ids.shape == (1, 25)
-    assert logits.double().sum().item() == pytest.approx(92.4544479055894, abs=1e-6)
+    # Tolerances a few float32 ulps wide: CPUs with other vector units round the same sums differently (on
+    # 2026-12-06's machine the first logit moved by 1.5e-7); a changed preset moves these by orders more.
+    assert logits.double().sum().item() == pytest.approx(92.4544479055894, abs=1e-4)
     torch.testing.assert_close(logits[0, -1, :5], torch.tensor([0.4387970268726349, 0.4668395519256592,
                                                                 -0.16125932335853577, 0.01861746981739998,
-                                                                -0.11538123339414597]), atol=1e-7, rtol=0)
+                                                                -0.11538123339414597]), atol=1e-5, rtol=0)
 
 
 def test_tiny_preset_is_the_real_family_at_toy_size(backbone):

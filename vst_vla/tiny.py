@@ -99,6 +99,8 @@ SIZE_PRESETS: dict[str, TinySpec] = {
     # model never learned where things are: 100 SFT steps on "which quadrant is the white square in" (112 px, a 4x4
     # token grid) stayed at the prior (held-out loss 0.70, ln 4 / 2 = 0.69) with base 1e6, reached 0.20 with 100
     # and 0.01 with 10, while a colour question (no position needed) reached 0.0006 at 1e6 (measured 2026-12-02).
+    # Not reproduced on 2026-12-06 by bench/learnability.py's `position` probe (16 and 32 px squares, 150 steps:
+    # 0.273 and 0.414 against a chance of 0.25); base 10 stays as the better measured of the two.
     # At 10 the slowest frequency turns once every ~60 tokens (farther text positions are told apart only by
     # the faster ones together); what that costs on long text was not measured.
     "small": TinySpec(hidden_size=384, intermediate_size=1024, num_hidden_layers=6, num_attention_heads=6,

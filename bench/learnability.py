@@ -57,7 +57,8 @@ def _row(probe: str, k: int, png: bytes, question: str, options: list[str], answ
          lettered: bool = True) -> SpatialSample:
     """A multiple-choice row: options listed and answered by letter, or (`lettered=False`) answered by the option's
     text with the options kept only in `meta_info` for scoring."""
-    listing = "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(options))
+    lettered_options = [f"{LETTERS[i]}. {o}" for i, o in enumerate(options)]
+    listing = "\n".join(lettered_options)
     prompt = (f"<|image_pad|>\n{question}\nOptions:\n{listing}\nAnswer with the option's letter." if lettered
               else f"<|image_pad|>\n{question}")
     letter = LETTERS[answer]
@@ -65,22 +66,23 @@ def _row(probe: str, k: int, png: bytes, question: str, options: list[str], answ
                          conversations=[{"from": "human", "value": prompt},
                                         {"from": "gpt", "value": letter if lettered else options[answer]}],
                          meta_info={"skill": probe, "mode": "multiple_choice", "scenario": "single_image",
-                                    "answer": letter, "options": [f"{LETTERS[i]}. {o}" for i, o in enumerate(options)]})
+                                    "answer": letter, "options": lettered_options})
+
+
+def _one_square_colour(probe: str, rng, k, size, side, question: str, lettered: bool) -> SpatialSample:
+    names = list(COLOURS)
+    answer = int(rng.integers(len(names)))
+    png, _ = draw(rng, [names[answer]], size, side)
+    return _row(probe, k, png, question, names, answer, lettered=lettered)
 
 
 def colour(rng, k, size, side):
-    names = list(COLOURS)
-    answer = int(rng.integers(len(names)))
-    png, _ = draw(rng, [names[answer]], size, side)
-    return _row("colour", k, png, "What colour is the square?", names, answer)
+    return _one_square_colour("colour", rng, k, size, side, "What colour is the square?", lettered=True)
 
 
 def colour_word(rng, k, size, side):
-    names = list(COLOURS)
-    answer = int(rng.integers(len(names)))
-    png, _ = draw(rng, [names[answer]], size, side)
-    return _row("colour_word", k, png, "What colour is the square? Answer with one word.", names, answer,
-                lettered=False)
+    return _one_square_colour("colour_word", rng, k, size, side, "What colour is the square? Answer with one word.",
+                              lettered=False)
 
 
 def position(rng, k, size, side):

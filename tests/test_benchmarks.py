@@ -191,8 +191,7 @@ def test_learnability_probes_answer_what_the_image_shows():
 
 def test_learnability_benchmark_trains_and_scores_every_probe():
     """`bench/learnability.py` at the tiny preset: each probe trains (its held-out loss falls) and is scored."""
-    # No --threads: it would set torch's thread count for the rest of the test session (and so the last bits of
-    # every later float reduction, which test_families' fingerprint checks to 1e-7).
+    # No --threads: it would set torch's thread count for the rest of the test session.
     results = _learnability().main(["--experiment", "tiny", "--steps", "3", "--train", "24", "--test", "8"])
     assert [r["probe"] for r in results] == ["colour", "colour_word", "position", "colour_present", "colour_position"]
     assert [r["chance"] for r in results] == pytest.approx([1 / 6, 1 / 6, 1 / 4, 1 / 2, 1 / 4])

@@ -30,7 +30,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from spatial_tuning.sample import SpatialSample
+from spatial_tuning.sample import IMAGE_PLACEHOLDER, SpatialSample
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 60, 230), "yellow": (230, 220, 30),
            "white": (250, 250, 250), "black": (10, 10, 10)}
@@ -59,8 +59,10 @@ def _row(probe: str, k: int, png: bytes, question: str, options: list[str], answ
     text with the options kept only in `meta_info` for scoring."""
     lettered_options = [f"{LETTERS[i]}. {o}" for i, o in enumerate(options)]
     listing = "\n".join(lettered_options)
-    prompt = (f"<|image_pad|>\n{question}\nOptions:\n{listing}\nAnswer with the option's letter." if lettered
-              else f"<|image_pad|>\n{question}")
+    # `<image>`, the stack's placeholder (as in synth and VST rows): the chat template turns it into
+    # <|vision_start|><|image_pad|><|vision_end|>. A literal <|image_pad|> would skip the two vision markers.
+    prompt = (f"{IMAGE_PLACEHOLDER}\n{question}\nOptions:\n{listing}\nAnswer with the option's letter." if lettered
+              else f"{IMAGE_PLACEHOLDER}\n{question}")
     letter = LETTERS[answer]
     return SpatialSample(id=f"{probe}_{k:05d}", images=[png], type="single_image", data_source="learnability_probe",
                          conversations=[{"from": "human", "value": prompt},

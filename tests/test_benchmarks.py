@@ -189,6 +189,20 @@ def test_learnability_probes_answer_what_the_image_shows():
                 assert quadrants_of(asked) == {chosen}
 
 
+def test_learnability_rows_reach_the_model_as_synth_rows_do(tiny_backbone):
+    """A probe row goes through the chat template like a synth or VST row: its image between the vision markers."""
+    from spatial_tuning.sft_tokenize import encode_sample
+
+    _, processor = tiny_backbone
+    tokens = processor.tokenizer.convert_tokens_to_ids
+    for name in _learnability().PROBES:
+        sample = _learnability().make_split(name, 1, seed=0, size=56, side=16)[0]
+        ids = encode_sample(sample, processor)["input_ids"].tolist()
+        start, end = ids.index(tokens("<|vision_start|>")), ids.index(tokens("<|vision_end|>"))
+        # 56 px at 14 px patches, 2x2 merged: a 2x2 grid of image tokens, nothing else between the markers.
+        assert ids[start + 1:end] == [tokens("<|image_pad|>")] * 4, name
+
+
 def test_learnability_benchmark_trains_and_scores_every_probe():
     """`bench/learnability.py` at the tiny preset: each probe trains (its held-out loss falls) and is scored."""
     # No --threads: it would set torch's thread count for the rest of the test session.

@@ -9,7 +9,8 @@ held-out images (coloured squares on grey, one square per quadrant at most):
   colour_position  "Which quadrant is the <colour> square in?"    both: the binding a spatial question needs
 
     .venv/bin/python bench/learnability.py --experiment small --steps 150            # ~10 min a probe, 2 CPU cores
-    .venv/bin/python bench/learnability.py --experiment small --probes colour_position --steps 400 --pack 512
+    .venv/bin/python bench/learnability.py --experiment small --probes position --steps 1000 --pack 512 \
+        --image-size 56     # one token per quadrant: at the prior for ~500 steps, then learned (README)
 
 A skill such as "which of these objects is closest to the camera" needs `colour_position`: a preset that cannot
 learn it within a budget will not learn those skills within it either (see the README's "small experiment").
@@ -182,14 +183,20 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--side", type=int, default=16, help="square side in pixels")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--override", nargs="*", default=[], help="more sft overrides, e.g. ++model.tiny.rope_theta=2")
+    parser.add_argument("--override", nargs="*", default=[], help="more sft overrides, e.g. ++model.tiny.rope_theta=2; "
+                        "model.source=DIR/position/checkpoint-final continues from a kept run (a curriculum)")
+    parser.add_argument("--output-dir", default=None, help="keep each run's SFT output in DIR/<probes>/ "
+                        "(checkpoint-final loads with model.source=); default: a temporary directory, removed")
     args = parser.parse_args(argv)
     if args.side >= args.image_size // 2 - 3:
         parser.error(f"--side {args.side} does not fit a quadrant of a {args.image_size} px image")
 
-    with tempfile.TemporaryDirectory() as tmp:
-        groups = [list(args.probes)] if args.joint else [[p] for p in args.probes]
-        results = [r for group in groups for r in run_probes(group, args, Path(tmp))]
+    groups = [list(args.probes)] if args.joint else [[p] for p in args.probes]
+    if args.output_dir:
+        results = [r for group in groups for r in run_probes(group, args, Path(args.output_dir))]
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            results = [r for group in groups for r in run_probes(group, args, Path(tmp))]
     print(f"learnability: experiment={args.experiment} model={results[0]['model']} {args.steps} steps per run, "
           f"{args.train} training / {args.test} held-out images of {args.image_size} px")
     print(table(results))

@@ -219,3 +219,17 @@ def test_learnability_joint_run_trains_one_backbone_on_every_probe():
                                     "--joint", "--probes", "colour_word", "colour_present"])
     assert [r["probe"] for r in results] == ["colour_word", "colour_present"]
     assert all(r["trained_with"] == ["colour_word", "colour_present"] and r["n"] == 4 for r in results)
+
+
+def test_learnability_keeps_a_run_and_a_curriculum_continues_from_it(tmp_path):
+    """`--output-dir` keeps each run's checkpoint-final; `model.source=` on it starts the next probe from those
+    weights (its held-out loss starts where the first run's trained model is, not at a fresh model's)."""
+    bench = _learnability()
+    common = ["--experiment", "tiny", "--steps", "3", "--train", "24", "--test", "8", "--image-size", "56",
+              "--output-dir", str(tmp_path)]
+    (first,) = bench.main([*common, "--probes", "position"])
+    fresh = bench.main([*common[:-2], "--probes", "colour_position"])[0]
+    (second,) = bench.main([*common, "--probes", "colour_position",
+                            "--override", f"model.source={tmp_path / 'position' / 'checkpoint-final'}"])
+    assert (tmp_path / "position" / "checkpoint-final" / "config.json").is_file()
+    assert second["loss_start"] < fresh["loss_start"] - 0.5 and first["loss_end"] < first["loss_start"]

@@ -10,7 +10,7 @@ held-out images (coloured squares on grey, one square per quadrant at most):
 
     .venv/bin/python bench/learnability.py --experiment small --steps 150            # ~10 min a probe, 2 CPU cores
     .venv/bin/python bench/learnability.py --experiment small --probes position --steps 1000 --pack 512 \
-        --image-size 56     # one token per quadrant: at the prior for ~500 steps, then learned (README)
+        --image-size 56     # one token per quadrant: a plateau of 400-700 steps, learned in some runs (README)
 
 A skill such as "which of these objects is closest to the camera" needs `colour_position`: a preset that cannot
 learn it within a budget will not learn those skills within it either (see the README's "small experiment").

@@ -20,6 +20,7 @@ Every budget is steps; the table gives held-out accuracy against chance and the 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import sys
 import tempfile
@@ -192,11 +193,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         parser.error(f"--side {args.side} does not fit a quadrant of a {args.image_size} px image")
 
     groups = [list(args.probes)] if args.joint else [[p] for p in args.probes]
-    if args.output_dir:
-        results = [r for group in groups for r in run_probes(group, args, Path(args.output_dir))]
-    else:
-        with tempfile.TemporaryDirectory() as tmp:
-            results = [r for group in groups for r in run_probes(group, args, Path(tmp))]
+    with contextlib.nullcontext(args.output_dir) if args.output_dir else tempfile.TemporaryDirectory() as out:
+        results = [r for group in groups for r in run_probes(group, args, Path(out))]
     print(f"learnability: experiment={args.experiment} model={results[0]['model']} {args.steps} steps per run, "
           f"{args.train} training / {args.test} held-out images of {args.image_size} px")
     print(table(results))
@@ -204,4 +202,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    from vst_vla.errors import debug_requested, describe
+
+    try:
+        main()
+    except Exception as err:  # a failure is one line, as `vst-vla` prints it (vst_vla.errors)
+        if debug_requested():
+            raise
+        code, line = describe(err, "sft")
+        print(f"learnability.py: {line}", file=sys.stderr)
+        sys.exit(code)

@@ -195,8 +195,9 @@ def test_learnability_rows_reach_the_model_as_synth_rows_do(tiny_backbone):
 
     _, processor = tiny_backbone
     tokens = processor.tokenizer.convert_tokens_to_ids
-    for name in _learnability().PROBES:
-        sample = _learnability().make_split(name, 1, seed=0, size=56, side=16)[0]
+    probes = _learnability()
+    for name in probes.PROBES:
+        sample = probes.make_split(name, 1, seed=0, size=56, side=16)[0]
         ids = encode_sample(sample, processor)["input_ids"].tolist()
         start, end = ids.index(tokens("<|vision_start|>")), ids.index(tokens("<|vision_end|>"))
         # 56 px at 14 px patches, 2x2 merged: a 2x2 grid of image tokens, nothing else between the markers.
@@ -225,11 +226,11 @@ def test_learnability_keeps_a_run_and_a_curriculum_continues_from_it(tmp_path):
     """`--output-dir` keeps each run's checkpoint-final; `model.source=` on it starts the next probe from those
     weights (its held-out loss starts where the first run's trained model is, not at a fresh model's)."""
     bench = _learnability()
-    common = ["--experiment", "tiny", "--steps", "3", "--train", "24", "--test", "8", "--image-size", "56",
-              "--output-dir", str(tmp_path)]
-    (first,) = bench.main([*common, "--probes", "position"])
-    fresh = bench.main([*common[:-2], "--probes", "colour_position"])[0]
-    (second,) = bench.main([*common, "--probes", "colour_position",
+    common = ["--experiment", "tiny", "--steps", "3", "--train", "24", "--test", "8", "--image-size", "56"]
+    kept = [*common, "--output-dir", str(tmp_path)]
+    (first,) = bench.main([*kept, "--probes", "position"])
+    (fresh,) = bench.main([*common, "--probes", "colour_position"])
+    (second,) = bench.main([*kept, "--probes", "colour_position",
                             "--override", f"model.source={tmp_path / 'position' / 'checkpoint-final'}"])
     assert (tmp_path / "position" / "checkpoint-final" / "config.json").is_file()
     assert second["loss_start"] < fresh["loss_start"] - 0.5 and first["loss_end"] < first["loss_start"]
